@@ -1,0 +1,1 @@
+//! Berth controller engine.
