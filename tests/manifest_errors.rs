@@ -228,7 +228,14 @@ fn the_sample_manifests_hold_what_the_demo_needs() {
 fn typed_manifests_survive_a_round_trip_through_json() {
     // What serde writes must read back to the same resources: the shapes and the typed
     // structs agree on every field name, default and variant.
-    let loaded = load_path(&root().join("manifests"));
+    round_trip(&root().join("manifests"));
+    for f in std::fs::read_dir(root().join("tests/fixtures/valid")).unwrap() {
+        round_trip(&f.unwrap().path());
+    }
+}
+
+fn round_trip(dir: &Path) {
+    let loaded = load_path(dir);
     let m = loaded.into_manifests().map_err(|l| l.diagnostics).unwrap();
     let mut docs = Vec::new();
     for h in m.hosts.values() {
@@ -238,7 +245,7 @@ fn typed_manifests_survive_a_round_trip_through_json() {
         docs.push(serde_json::to_string(e).unwrap());
     }
     let text = docs.join("\n---\n");
-    let again = berth_api::load_texts(vec![(root().join("manifests/all.json"), text)]);
+    let again = berth_api::load_texts(vec![(dir.with_extension("roundtrip.json"), text)]);
     let errors: Vec<String> = again.errors().map(|d| d.to_string()).collect();
     assert!(errors.is_empty(), "{}", errors.join("\n"));
     for (name, e) in &m.environments {

@@ -253,7 +253,9 @@ pub struct ImageRef {
 
 pub const IMAGE: StrKind = StrKind {
     expected: "an image reference `repo:tag` or `repo@sha256:<digest>`",
-    pattern: Some("^[a-z0-9]([-a-z0-9._:/]*[a-z0-9])?(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"),
+    pattern: Some(
+        "^[a-z0-9]([-a-z0-9._:/]*[a-z0-9])?(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?@sha256:[a-f0-9]{64})$",
+    ),
     check: Some(|s| s.parse::<ImageRef>().map(|_| ())),
 };
 
