@@ -12,3 +12,4 @@
 
 pub mod host;
 pub mod model;
+pub mod op;
