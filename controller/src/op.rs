@@ -545,7 +545,7 @@ mod tests {
     #[test]
     fn every_truncation_of_a_valid_log_replays() {
         // A crash may cut the journal after any write: every prefix must still replay.
-        let full = vec![
+        let full = [
             Started {
                 phase: Forward,
                 index: 0,
