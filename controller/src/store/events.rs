@@ -43,7 +43,7 @@ impl Store {
                 None => *count = 0,
             }
         }
-        self.inner.new_events.send_replace(seq);
+        self.inner.new_events.send_replace(Some(seq));
         Ok(seq)
     }
 
@@ -117,14 +117,7 @@ impl Store {
 
     /// Watches for events recorded from now on (all environments).
     pub fn subscribe(&self) -> Subscription {
-        let last = self
-            .inner
-            .t
-            .events
-            .last()
-            .ok()
-            .flatten()
-            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok().map(u64::from_be_bytes));
+        let last = *self.inner.new_events.borrow();
         self.subscribe_since(last, None)
     }
 
@@ -154,7 +147,7 @@ impl Store {
 /// A subscription holds its store open.
 pub struct Subscription {
     store: Store,
-    rx: watch::Receiver<u64>,
+    rx: watch::Receiver<Option<u64>>,
     after: Option<u64>,
     env: Option<String>,
     buf: VecDeque<EventRecord>,

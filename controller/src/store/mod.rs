@@ -119,8 +119,9 @@ struct Inner {
     /// back into our code, and it is what makes events enter the tree in sequence order,
     /// which [`Subscription`] relies on to never skip one.
     event_writer: Mutex<usize>,
-    /// The last recorded sequence number; subscribers wait on it, then read the tree.
-    new_events: watch::Sender<u64>,
+    /// The last recorded sequence number (`None` before the first event: sled's ids
+    /// start at 0); subscribers wait on it, then read the tree.
+    new_events: watch::Sender<Option<u64>>,
     repairs: Vec<Repair>,
 }
 
@@ -163,13 +164,7 @@ impl Store {
                 path: dir.to_owned(),
                 source,
             })?;
-        let db = sled::Config::new()
-            .path(dir)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: dir.to_owned(),
-                source,
-            })?;
+        let db = open_db(dir)?;
         check_format(&db, dir)?;
         let tree = |name: &'static str| {
             db.open_tree(name).map_err(|source| StoreError::Open {
@@ -189,7 +184,7 @@ impl Store {
             db: db.clone(),
         };
         let recovered = recover::check_and_repair(&t)?;
-        let (new_events, _) = watch::channel(recovered.last_event.unwrap_or(0));
+        let (new_events, _) = watch::channel(recovered.last_event);
         let store = Store {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
@@ -731,6 +726,36 @@ impl Store {
             Some(env) => String::from_utf8(env.to_vec())
                 .map(Some)
                 .map_err(|e| corrupt(BACKUP_IDS, id.as_bytes(), e)),
+        }
+    }
+}
+
+/// Opens sled, waiting a little for its file lock.
+///
+/// Why wait: dropping a sled 0.34 `Db` does not release its lock at once — background
+/// threads and deferred (epoch-based) frees hold the file a moment longer — so a reopen
+/// in the same process right after a drop can fail with "could not acquire lock". A
+/// lock held by another live process still fails, after `LOCK_WAIT`.
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() + pause < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+            Err(source) => {
+                return Err(StoreError::Open {
+                    path: dir.to_owned(),
+                    source,
+                })
+            }
         }
     }
 }
