@@ -10,6 +10,7 @@
 //! - `reconcile`: the loop — work queue, triggers, backoff.
 //! - `source`: where desired state comes from (a watched directory).
 
+pub mod exec;
 pub mod host;
 pub mod model;
 pub mod op;

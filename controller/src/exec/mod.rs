@@ -1,0 +1,45 @@
+//! Performing steps against a host: observe first, act only if the effect is missing,
+//! verify after. Each module is one kind of effect; the step runner composes them.
+//!
+//! # Guarantees
+//! Every function here may be called again after a crash at any point, and then does
+//! only what is still missing (DESIGN.md, "Rollouts are operations").
+
+pub mod backup;
+pub mod http;
+pub mod migrate;
+pub mod probe;
+pub mod smoke;
+pub mod traffic;
+
+use crate::host::HostError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error("{what}: {message}")]
+    Failed {
+        /// What was being done: "nginx test", "backup demo-prod", "migration".
+        what: String,
+        message: String,
+        retryable: bool,
+    },
+}
+
+impl ExecError {
+    pub fn failed(what: impl Into<String>, message: impl Into<String>, retryable: bool) -> Self {
+        ExecError::Failed {
+            what: what.into(),
+            message: message.into(),
+            retryable,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ExecError::Host(e) => e.is_retryable(),
+            ExecError::Failed { retryable, .. } => *retryable,
+        }
+    }
+}
