@@ -14,3 +14,4 @@ pub mod exec;
 pub mod host;
 pub mod model;
 pub mod op;
+pub mod plan;
