@@ -15,3 +15,4 @@ pub mod host;
 pub mod model;
 pub mod op;
 pub mod plan;
+pub mod reconcile;

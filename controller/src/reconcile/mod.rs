@@ -1,0 +1,3 @@
+//! The controller loop: level-triggered reconciliation of environments.
+
+pub mod queue;
