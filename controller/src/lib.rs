@@ -16,3 +16,4 @@ pub mod model;
 pub mod op;
 pub mod plan;
 pub mod reconcile;
+pub mod source;
