@@ -6,6 +6,7 @@
 //! only what is still missing (DESIGN.md, "Rollouts are operations").
 
 pub mod backup;
+pub mod containers;
 pub mod http;
 pub mod migrate;
 pub mod probe;
