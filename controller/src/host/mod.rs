@@ -11,6 +11,9 @@
 //! - Nothing here retries: errors say whether a retry may help ([`HostError::is_retryable`]),
 //!   and the reconciler decides.
 
+pub(crate) mod engine;
+pub mod local;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
