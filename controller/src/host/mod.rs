@@ -12,6 +12,7 @@
 //!   and the reconciler decides.
 
 pub(crate) mod engine;
+pub mod fake;
 pub mod local;
 
 use std::time::Duration;
