@@ -21,6 +21,8 @@ pub(crate) struct TestHost {
     pub on_run: Script,
     /// Answers `exec(container, cmd)`, given `<container>: <args joined>`.
     pub on_exec: Script,
+    /// How long each `exec` takes (on Tokio's clock).
+    pub exec_delay: Duration,
 }
 
 pub(crate) fn ok(stdout: &str) -> Result<Output> {
@@ -38,6 +40,7 @@ impl TestHost {
             log: Mutex::default(),
             on_run: Box::new(|_| ok("")),
             on_exec: Box::new(|_| ok("")),
+            exec_delay: Duration::ZERO,
         }
     }
 
@@ -105,6 +108,7 @@ impl Host for TestHost {
     async fn exec(&self, container: &str, cmd: &[String]) -> Result<Output> {
         let line = format!("{container}: {}", cmd.join(" "));
         self.record(line.clone());
+        tokio::time::sleep(self.exec_delay).await;
         (self.on_exec)(&line)
     }
     async fn exec_to_file(&self, _: &str, _: &[String], _: &str) -> Result<Output> {
