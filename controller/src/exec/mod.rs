@@ -13,6 +13,9 @@ pub mod probe;
 pub mod smoke;
 pub mod traffic;
 
+#[cfg(test)]
+mod test_host;
+
 use crate::host::HostError;
 
 #[derive(Debug, thiserror::Error)]
