@@ -11,6 +11,7 @@ pub mod http;
 pub mod migrate;
 pub mod probe;
 pub mod smoke;
+pub mod steps;
 pub mod traffic;
 
 #[cfg(test)]
@@ -22,6 +23,9 @@ use crate::host::HostError;
 pub enum ExecError {
     #[error(transparent)]
     Host(#[from] HostError),
+    /// The journal could not be read or written (catalogue of backups, revisions).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("{what}: {message}")]
     Failed {
         /// What was being done: "nginx test", "backup demo-prod", "migration".
@@ -43,6 +47,7 @@ impl ExecError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ExecError::Host(e) => e.is_retryable(),
+            ExecError::Store(e) => !e.is_corrupt(),
             ExecError::Failed { retryable, .. } => *retryable,
         }
     }
