@@ -93,10 +93,13 @@ async fn run(args: Args) -> ExitCode {
 
     let _watch = if args.watch {
         match source::watch(&args.manifests, Duration::from_millis(200)) {
-            Ok(mut w) => {
+            Ok(w) => {
                 let ctl = ctl.clone();
                 let dir = args.manifests.clone();
                 tokio::spawn(async move {
+                    // Moved whole: the watcher inside must live as long as this task (a
+                    // capture of `w.changes` alone would drop it and end the watch).
+                    let mut w = w;
                     while w.changes.recv().await.is_some() {
                         match source::load(&dir) {
                             Ok(s) => {
