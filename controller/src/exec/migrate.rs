@@ -9,7 +9,7 @@
 //! | absent                    | create and start it     | `Running`                |
 //! | created, never started    | start it                | `Running`                |
 //! | running, within timeout   | nothing                 | `Running`                |
-//! | running, past the timeout | stop it                 | `TimedOut`               |
+//! | running, past the timeout | stop it                 | `TimedOut` (`Done` if it exited 0) |
 //! | exited 0                  | nothing                 | `Done`                   |
 //! | exited non-zero           | nothing                 | `Failed`                 |
 //!
@@ -42,8 +42,8 @@ pub enum Progress {
     Running { since: Millis },
     /// Exited non-zero. It is not run again.
     Failed { exit_code: i64, log_tail: String },
-    /// Ran past its timeout and was stopped; the caller fails the step. Observed again,
-    /// the stopped container is `Failed` (it is not run again either).
+    /// Ran past its timeout and was stopped (and did not exit 0); the caller fails the
+    /// step. Observed again, the stopped container is `Failed` (it is not run again either).
     TimedOut { log_tail: String },
 }
 
@@ -105,6 +105,14 @@ pub async fn migrate<H: Host + ?Sized>(
                 return Ok(Progress::Running { since: started_at });
             }
             host.stop(name, STOP_GRACE).await?;
+            // The observed exit decides, as it will when this is observed again after a
+            // crash: a migration that exited 0 as it was stopped did finish.
+            let stopped = host.inspect(name).await?.map(|c| c.state);
+            if stopped == Some(ContainerState::Exited(0)) {
+                return Ok(Progress::Done {
+                    log_tail: log_tail(host, name).await?,
+                });
+            }
             let mut log_tail = log_tail(host, name).await?;
             if !log_tail.is_empty() && !log_tail.ends_with('\n') {
                 log_tail.push('\n');
