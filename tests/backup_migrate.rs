@@ -722,11 +722,19 @@ async fn a_command_backup_runs_the_users_commands_with_the_file_in_the_environme
         "    command:\n      backup: cp {data} \"$BERTH_BACKUP_FILE\"\n      restore: cp \"$BERTH_BACKUP_FILE\" {data}\n    directory: {directory}\n"
     ));
     let env = unique("bm-");
+    // A partial left by a crash mid-backup: deleted and redone.
+    std::fs::create_dir_all(&directory).unwrap_or_else(|e| panic!("{e}"));
+    let stale = format!("{directory}/{env}-01JCMD.bak.partial");
+    std::fs::write(&stale, "half").unwrap_or_else(|e| panic!("{e}"));
     let taken = backup::take(&host, &env, &backup, "01JCMD", &ResolvedSource::Command)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(taken.path.ends_with(".bak"));
     assert_taken(&taken);
+    assert_eq!(
+        std::fs::read_to_string(&taken.path).ok().as_deref(),
+        Some("before\n")
+    );
     std::fs::write(&data, "after\n").unwrap_or_else(|e| panic!("{e}"));
     let record = Catalogued {
         id: "01JCMD",

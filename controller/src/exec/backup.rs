@@ -359,7 +359,11 @@ pub async fn restore<H: Host + ?Sized>(
                 &pg.database,
             ]);
             let out = host.exec_from_file(container, &cmd, file.path).await?;
-            check_tool(&what, &format!("pg_restore in container {container}"), &out)
+            check_tool(
+                &what,
+                &format!("pg_restore in container {container} from {}", file.path),
+                &out,
+            )
         }
         (BackupTarget::Postgres(pg), ResolvedSource::PostgresHost { host: h, port }) => {
             let cmd = format!(
@@ -373,7 +377,10 @@ pub async fn restore<H: Host + ?Sized>(
             let out = host.run(&with_password(pg, &cmd)).await?;
             check_tool(
                 &what,
-                &format!("pg_restore on the host against {h}:{port}"),
+                &format!(
+                    "pg_restore on the host against {h}:{port} from {}",
+                    file.path
+                ),
                 &out,
             )
         }
@@ -384,7 +391,11 @@ pub async fn restore<H: Host + ?Sized>(
                 shell_quote(&c.restore)
             );
             let out = host.run(&cmd).await?;
-            check_tool(&what, "the restore command", &out)
+            check_tool(
+                &what,
+                &format!("the restore command (from {})", file.path),
+                &out,
+            )
         }
         (BackupTarget::Volume(v), ResolvedSource::Volume { image, revision }) => {
             let helper = restore_helper_name(env, file.id);
@@ -468,7 +479,11 @@ async fn produce<H: Host + ?Sized>(
         (BackupTarget::Postgres(pg), ResolvedSource::PostgresContainer { container }) => {
             let cmd = strings(&["pg_dump", "-Fc", "-U", &pg.user, "-d", &pg.database]);
             let out = host.exec_to_file(container, &cmd, partial).await?;
-            check_tool(what, &format!("pg_dump in container {container}"), &out)
+            check_tool(
+                what,
+                &format!("pg_dump in container {container} to {partial}"),
+                &out,
+            )
         }
         (BackupTarget::Postgres(pg), ResolvedSource::PostgresHost { host: h, port }) => {
             let cmd = format!(
@@ -481,7 +496,7 @@ async fn produce<H: Host + ?Sized>(
             let out = host.run(&with_password(pg, &cmd)).await?;
             check_tool(
                 what,
-                &format!("pg_dump on the host against {h}:{port}"),
+                &format!("pg_dump on the host against {h}:{port} to {partial}"),
                 &out,
             )
         }
@@ -492,7 +507,7 @@ async fn produce<H: Host + ?Sized>(
                 shell_quote(&c.backup)
             );
             let out = host.run(&cmd).await?;
-            check_tool(what, "the backup command", &out)
+            check_tool(what, &format!("the backup command (to {partial})"), &out)
         }
         (BackupTarget::Volume(v), ResolvedSource::Volume { image, revision }) => {
             let helper = helper_name(env, id);
@@ -1132,7 +1147,9 @@ mod fake_tests {
         let text = err.to_string();
         assert!(text.contains("backup web 01J"), "{text}");
         assert!(
-            text.contains(&format!("pg_dump in container {DB} exited with 1")),
+            text.contains(&format!(
+                "pg_dump in container {DB} to {PARTIAL} exited with 1"
+            )),
             "{text}"
         );
         assert!(text.ends_with("connection to server failed"), "{text}");
@@ -1238,7 +1255,7 @@ mod fake_tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("pg_dump on the host against 10.0.0.5:6432 exited with 1"),
+            err.contains("pg_dump on the host against 10.0.0.5:6432 to /var/backups/web/web-01K.dump.partial exited with 1"),
             "{err}"
         );
         assert!(!err.contains("s3cret"));
@@ -1466,8 +1483,9 @@ mod fake_tests {
         );
         let err = restore(&host, "web", &b, &record, &src).await.unwrap_err();
         assert!(
-            err.to_string()
-                .contains("pg_restore in container db-r1-0 exited with 1"),
+            err.to_string().contains(
+                "pg_restore in container db-r1-0 from /var/backups/web/web-01J.dump exited with 1"
+            ),
             "{err}"
         );
     }
