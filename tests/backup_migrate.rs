@@ -72,7 +72,8 @@ fn docker() -> Command {
 }
 
 async fn local_host() -> LocalHost {
-    let text = "apiVersion: berth.dev/v1\nkind: Host\nmetadata: {name: local}\nspec: {address: local}\n";
+    let text =
+        "apiVersion: berth.dev/v1\nkind: Host\nmetadata: {name: local}\nspec: {address: local}\n";
     let manifests = berth_api::load_texts(vec![("host.yaml".into(), text.into())])
         .into_manifests()
         .unwrap_or_else(|l| panic!("{:?}", l.diagnostics));
@@ -310,7 +311,11 @@ async fn a_migration_runs_exactly_once_per_operation_even_when_observed_again() 
                 .unwrap_or_else(|e| panic!("{e}"));
             assert!(matches!(again, Progress::Done { .. }), "{again:?}");
         }
-        assert_eq!(started_at(&spec.name), first_start, "{tag} was started again");
+        assert_eq!(
+            started_at(&spec.name),
+            first_start,
+            "{tag} was started again"
+        );
         assert_eq!(
             db.psql(&format!(
                 "select count(*) from demo_migrate_runs where build = '{tag}'"
@@ -332,7 +337,11 @@ async fn a_migration_runs_exactly_once_per_operation_even_when_observed_again() 
         migrate::cleanup(&host, &spec.name)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert!(host.inspect(&spec.name).await.unwrap_or_else(|e| panic!("{e}")).is_none());
+        assert!(host
+            .inspect(&spec.name)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none());
         migrate::cleanup(&host, &spec.name)
             .await
             .unwrap_or_else(|e| panic!("cleanup of an absent container: {e}"));
@@ -370,7 +379,11 @@ async fn a_failing_migration_is_failed_with_its_log_and_never_run_again() {
         matches!(again, Progress::Failed { exit_code: c, .. } if c == exit_code),
         "{again:?}"
     );
-    assert_eq!(started_at(&spec.name), first_start, "the failed migration ran again");
+    assert_eq!(
+        started_at(&spec.name),
+        first_start,
+        "the failed migration ran again"
+    );
     // Migration 1 applied and was recorded once; migration 2 rolled back.
     assert_eq!(db.psql("select count(*) from demo_migrate_runs"), "1");
     assert_eq!(
@@ -400,7 +413,10 @@ async fn a_migration_past_its_timeout_is_stopped_and_not_restarted() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(first, Progress::Running { since: t0 });
-    let running = host.inspect(&spec.name).await.unwrap_or_else(|e| panic!("{e}"));
+    let running = host
+        .inspect(&spec.name)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(running.map(|c| c.state), Some(ContainerState::Running));
 
     // Time is passed in: the same call, past the deadline.
@@ -419,7 +435,10 @@ async fn a_migration_past_its_timeout_is_stopped_and_not_restarted() {
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .map(|c| c.state);
-    assert!(matches!(state, Some(ContainerState::Exited(c)) if c != 0), "{state:?}");
+    assert!(
+        matches!(state, Some(ContainerState::Exited(c)) if c != 0),
+        "{state:?}"
+    );
 
     // Observed again, the stopped migration is a failure; it is not started again.
     let first_start = started_at(&spec.name);
@@ -452,8 +471,8 @@ async fn a_postgres_backup_from_the_lab_db_restores_to_the_moment_it_was_taken()
         db.name
     ));
     let target = backup.target.as_ref().expect("a target");
-    let source = ResolvedSource::resolve(target, |_| None, "unused", 0)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let source =
+        ResolvedSource::resolve(target, |_| None, "unused", 0).unwrap_or_else(|e| panic!("{e}"));
     let env = unique("bm-");
     let id = "01JBACKUP0000000000000000A";
 
@@ -663,7 +682,10 @@ async fn a_volume_backup_restores_the_files_it_holds() {
     let listing = run_ok(Command::new("tar").arg("-tf").arg(&taken.path));
     assert!(listing.contains("berth-volume/sub/b"), "{listing}");
     assert!(
-        host.list(&env).await.unwrap_or_else(|e| panic!("{e}")).is_empty(),
+        host.list(&env)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_empty(),
         "the helper container was left behind"
     );
 
@@ -680,7 +702,11 @@ async fn a_volume_backup_restores_the_files_it_holds() {
         in_volume(&volume.0, "cat /data/a /data/sub/b"),
         "one\ntwo\n"
     );
-    assert!(host.list(&env).await.unwrap_or_else(|e| panic!("{e}")).is_empty());
+    assert!(host
+        .list(&env)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .is_empty());
 }
 
 #[tokio::test]
@@ -696,11 +722,19 @@ async fn a_command_backup_runs_the_users_commands_with_the_file_in_the_environme
         "    command:\n      backup: cp {data} \"$BERTH_BACKUP_FILE\"\n      restore: cp \"$BERTH_BACKUP_FILE\" {data}\n    directory: {directory}\n"
     ));
     let env = unique("bm-");
+    // A partial left by a crash mid-backup: deleted and redone.
+    std::fs::create_dir_all(&directory).unwrap_or_else(|e| panic!("{e}"));
+    let stale = format!("{directory}/{env}-01JCMD.bak.partial");
+    std::fs::write(&stale, "half").unwrap_or_else(|e| panic!("{e}"));
     let taken = backup::take(&host, &env, &backup, "01JCMD", &ResolvedSource::Command)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(taken.path.ends_with(".bak"));
     assert_taken(&taken);
+    assert_eq!(
+        std::fs::read_to_string(&taken.path).ok().as_deref(),
+        Some("before\n")
+    );
     std::fs::write(&data, "after\n").unwrap_or_else(|e| panic!("{e}"));
     let record = Catalogued {
         id: "01JCMD",
@@ -710,5 +744,8 @@ async fn a_command_backup_runs_the_users_commands_with_the_file_in_the_environme
     backup::restore(&host, &env, &backup, &record, &ResolvedSource::Command)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(std::fs::read_to_string(&data).ok().as_deref(), Some("before\n"));
+    assert_eq!(
+        std::fs::read_to_string(&data).ok().as_deref(),
+        Some("before\n")
+    );
 }

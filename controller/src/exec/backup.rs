@@ -359,7 +359,11 @@ pub async fn restore<H: Host + ?Sized>(
                 &pg.database,
             ]);
             let out = host.exec_from_file(container, &cmd, file.path).await?;
-            check_tool(&what, &format!("pg_restore in container {container}"), &out)
+            check_tool(
+                &what,
+                &format!("pg_restore in container {container} from {}", file.path),
+                &out,
+            )
         }
         (BackupTarget::Postgres(pg), ResolvedSource::PostgresHost { host: h, port }) => {
             let cmd = format!(
@@ -373,7 +377,10 @@ pub async fn restore<H: Host + ?Sized>(
             let out = host.run(&with_password(pg, &cmd)).await?;
             check_tool(
                 &what,
-                &format!("pg_restore on the host against {h}:{port}"),
+                &format!(
+                    "pg_restore on the host against {h}:{port} from {}",
+                    file.path
+                ),
                 &out,
             )
         }
@@ -384,7 +391,11 @@ pub async fn restore<H: Host + ?Sized>(
                 shell_quote(&c.restore)
             );
             let out = host.run(&cmd).await?;
-            check_tool(&what, "the restore command", &out)
+            check_tool(
+                &what,
+                &format!("the restore command (from {})", file.path),
+                &out,
+            )
         }
         (BackupTarget::Volume(v), ResolvedSource::Volume { image, revision }) => {
             let helper = restore_helper_name(env, file.id);
@@ -468,7 +479,11 @@ async fn produce<H: Host + ?Sized>(
         (BackupTarget::Postgres(pg), ResolvedSource::PostgresContainer { container }) => {
             let cmd = strings(&["pg_dump", "-Fc", "-U", &pg.user, "-d", &pg.database]);
             let out = host.exec_to_file(container, &cmd, partial).await?;
-            check_tool(what, &format!("pg_dump in container {container}"), &out)
+            check_tool(
+                what,
+                &format!("pg_dump in container {container} to {partial}"),
+                &out,
+            )
         }
         (BackupTarget::Postgres(pg), ResolvedSource::PostgresHost { host: h, port }) => {
             let cmd = format!(
@@ -481,7 +496,7 @@ async fn produce<H: Host + ?Sized>(
             let out = host.run(&with_password(pg, &cmd)).await?;
             check_tool(
                 what,
-                &format!("pg_dump on the host against {h}:{port}"),
+                &format!("pg_dump on the host against {h}:{port} to {partial}"),
                 &out,
             )
         }
@@ -492,7 +507,7 @@ async fn produce<H: Host + ?Sized>(
                 shell_quote(&c.backup)
             );
             let out = host.run(&cmd).await?;
-            check_tool(what, "the backup command", &out)
+            check_tool(what, &format!("the backup command (to {partial})"), &out)
         }
         (BackupTarget::Volume(v), ResolvedSource::Volume { image, revision }) => {
             let helper = helper_name(env, id);
@@ -855,5 +870,661 @@ mod tests {
         assert!(e.starts_with("backup web 1: pg_dump exited with 1: "));
         assert!(e.ends_with("connection refused"));
         assert!(e.len() < STDERR_LIMIT + 100);
+    }
+}
+
+/// [`FakeHost`](crate::host::fake::FakeHost) with the effects of the few shell commands
+/// the steps run on a host, which the fake itself only scripts: `mv` renames a file,
+/// host-side dumps and backup commands write their (scripted) stdout to the `.partial`
+/// they are given, and `stop` kills like the real engine does a process that ignores
+/// SIGTERM (exit 137).
+#[cfg(test)]
+pub(crate) mod shell_fake {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use futures_util::stream::BoxStream;
+
+    use crate::host::fake::FakeHost;
+    use crate::host::{Conn, ContainerEvent, Created, Host, Output, Result};
+    use crate::model::{ContainerInfo, ContainerSpec, ContainerState};
+
+    pub struct ShellFake(pub FakeHost);
+
+    /// The word after `marker` in `command` (the tests' paths need no quoting).
+    fn word_after<'a>(command: &'a str, marker: &str) -> Option<&'a str> {
+        let at = command.rfind(marker)? + marker.len();
+        command[at..].split_whitespace().next()
+    }
+
+    #[async_trait]
+    impl Host for ShellFake {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        async fn list(&self, env: &str) -> Result<Vec<ContainerInfo>> {
+            self.0.list(env).await
+        }
+        async fn list_all(&self) -> Result<Vec<ContainerInfo>> {
+            self.0.list_all().await
+        }
+        async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>> {
+            self.0.inspect(name).await
+        }
+        async fn create(&self, spec: &ContainerSpec) -> Result<Created> {
+            self.0.create(spec).await
+        }
+        async fn start(&self, name: &str) -> Result<()> {
+            self.0.start(name).await
+        }
+        async fn stop(&self, name: &str, grace: Duration) -> Result<()> {
+            let was = self.0.container(name).map(|c| c.state);
+            self.0.stop(name, grace).await?;
+            if was == Some(ContainerState::Running) {
+                self.0.set_state(name, ContainerState::Exited(137));
+            }
+            Ok(())
+        }
+        async fn remove(&self, name: &str) -> Result<()> {
+            self.0.remove(name).await
+        }
+        async fn logs(&self, name: &str, tail: usize) -> Result<String> {
+            self.0.logs(name, tail).await
+        }
+        async fn pull(&self, image: &str) -> Result<String> {
+            self.0.pull(image).await
+        }
+        async fn remove_image(&self, image: &str) -> Result<()> {
+            self.0.remove_image(image).await
+        }
+        async fn exec(&self, container: &str, cmd: &[String]) -> Result<Output> {
+            self.0.exec(container, cmd).await
+        }
+        async fn exec_to_file(
+            &self,
+            container: &str,
+            cmd: &[String],
+            path: &str,
+        ) -> Result<Output> {
+            self.0.exec_to_file(container, cmd, path).await
+        }
+        async fn exec_from_file(
+            &self,
+            container: &str,
+            cmd: &[String],
+            path: &str,
+        ) -> Result<Output> {
+            self.0.exec_from_file(container, cmd, path).await
+        }
+        async fn archive_to_file(&self, container: &str, path: &str, file: &str) -> Result<()> {
+            self.0.archive_to_file(container, path, file).await
+        }
+        async fn archive_from_file(&self, container: &str, path: &str, file: &str) -> Result<()> {
+            self.0.archive_from_file(container, path, file).await
+        }
+        async fn run(&self, command: &str) -> Result<Output> {
+            let out = self.0.run(command).await?;
+            if !out.success() {
+                return Ok(out);
+            }
+            if let Some(rest) = command.split(" && mv -f -- ").nth(1) {
+                let mut words = rest.split_whitespace();
+                if let (Some(from), Some(to)) = (words.next(), words.next()) {
+                    if let Some(data) = self.0.file(from) {
+                        self.0.put_file(to, &data);
+                        self.0.remove_file(from).await?;
+                    }
+                }
+            } else if let Some(partial) = word_after(command, " -f ")
+                .or_else(|| word_after(command, "BERTH_BACKUP_FILE="))
+                .filter(|p| p.ends_with(".partial"))
+            {
+                self.0.put_file(partial, out.stdout.as_bytes());
+            }
+            Ok(out)
+        }
+        async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<()> {
+            self.0.write_file(path, data, mode).await
+        }
+        async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
+            self.0.read_file(path).await
+        }
+        async fn file_digest(&self, path: &str) -> Result<Option<(u64, String)>> {
+            self.0.file_digest(path).await
+        }
+        async fn remove_file(&self, path: &str) -> Result<()> {
+            self.0.remove_file(path).await
+        }
+        async fn connect(&self, addr: &str, port: u16) -> Result<Box<dyn Conn>> {
+            self.0.connect(addr, port).await
+        }
+        async fn events(&self) -> Result<BoxStream<'static, Result<ContainerEvent>>> {
+            self.0.events().await
+        }
+    }
+}
+
+#[cfg(test)]
+mod fake_tests {
+    use super::shell_fake::ShellFake;
+    use super::*;
+    use crate::host::fake::FakeHost;
+    use berth_api::environment::{BackupWhen, CommandBackup, VolumeBackup};
+
+    const DUMP: &str = "PGDMP custom format bytes";
+    const DB: &str = "db-r1-0";
+
+    fn backup(target: BackupTarget) -> Backup {
+        Backup {
+            when: BackupWhen::BeforeMigration,
+            target: Some(target),
+            directory: Some("/var/backups/web".into()),
+            keep: 3,
+        }
+    }
+
+    fn pg(source: PostgresSource, password_file: Option<&str>) -> Backup {
+        backup(BackupTarget::Postgres(PostgresBackup {
+            source,
+            database: "app".into(),
+            user: "app".into(),
+            password_file: password_file.map(str::to_owned),
+        }))
+    }
+
+    fn pg_in_container() -> (Backup, ResolvedSource) {
+        (
+            pg(PostgresSource::Container(DB.into()), None),
+            ResolvedSource::PostgresContainer {
+                container: DB.into(),
+            },
+        )
+    }
+
+    fn sha(data: &[u8]) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(data))
+    }
+
+    fn out(code: i64, stdout: &str, stderr: &str) -> Output {
+        Output {
+            exit_code: code,
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        }
+    }
+
+    /// A host with a running database container whose pg_dump prints `DUMP`.
+    fn host_with_db() -> ShellFake {
+        let fake = FakeHost::new("vm-a");
+        fake.add_image("postgres:15");
+        let db = helper_spec("db", DB, "postgres:15", 1, "db-data", false);
+        fake.add_container(
+            &ContainerSpec {
+                role: Role::App,
+                ..db
+            },
+            ContainerState::Running,
+        );
+        fake.on_exec("pg_dump", out(0, DUMP, ""));
+        ShellFake(fake)
+    }
+
+    const PATH: &str = "/var/backups/web/web-01J.dump";
+    const PARTIAL: &str = "/var/backups/web/web-01J.dump.partial";
+
+    #[tokio::test]
+    async fn a_backup_taken_twice_is_dumped_once() {
+        let host = host_with_db();
+        let (b, src) = pg_in_container();
+        let first = take(&host, "web", &b, "01J", &src).await.unwrap();
+        assert_eq!(
+            first,
+            Taken {
+                path: PATH.into(),
+                size: DUMP.len() as u64,
+                sha256: sha(DUMP.as_bytes()),
+            }
+        );
+        let second = take(&host, "web", &b, "01J", &src).await.unwrap();
+        assert_eq!(second, first);
+        let fake = &host.0;
+        assert_eq!(
+            fake.count(&format!(
+                "exec_to_file {DB} pg_dump -Fc -U app -d app > {PARTIAL}"
+            )),
+            1
+        );
+        assert_eq!(fake.file(PATH).as_deref(), Some(DUMP.as_bytes()));
+        assert_eq!(fake.file_mode(PATH), Some(0o600));
+        assert_eq!(fake.file(PARTIAL), None);
+        assert_eq!(fake.count("run mkdir -p -m 700 -- /var/backups/web"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_partial_left_by_a_crash_is_deleted_and_the_backup_redone() {
+        let host = host_with_db();
+        host.0.put_file(PARTIAL, b"half a dum");
+        let (b, src) = pg_in_container();
+        let taken = take(&host, "web", &b, "01J", &src).await.unwrap();
+        assert_eq!(taken.sha256, sha(DUMP.as_bytes()));
+        assert_eq!(host.0.file(PATH).as_deref(), Some(DUMP.as_bytes()));
+        assert_eq!(host.0.file(PARTIAL), None);
+        let calls = host.0.mutations();
+        let removed = calls
+            .iter()
+            .position(|c| *c == format!("remove_file {PARTIAL}"));
+        let dumped = calls.iter().position(|c| c.starts_with("exec_to_file"));
+        assert!(removed < dumped, "{calls:?}");
+    }
+
+    #[tokio::test]
+    async fn a_complete_file_that_was_never_catalogued_is_measured_not_retaken() {
+        let host = host_with_db();
+        host.0.put_file(PATH, b"the earlier, complete dump");
+        host.0.put_file(PARTIAL, b"stale");
+        let (b, src) = pg_in_container();
+        let taken = take(&host, "web", &b, "01J", &src).await.unwrap();
+        assert_eq!(taken.size, 26);
+        assert_eq!(taken.sha256, sha(b"the earlier, complete dump"));
+        assert_eq!(host.0.mutations(), [format!("remove_file {PARTIAL}")]);
+        assert_eq!(host.0.file(PARTIAL), None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_pg_dump_leaves_no_file_and_carries_its_stderr() {
+        let host = host_with_db();
+        host.0.on_exec(
+            "pg_dump",
+            out(
+                1,
+                "PGDMP partial",
+                "pg_dump: error: connection to server failed",
+            ),
+        );
+        let (b, src) = pg_in_container();
+        let err = take(&host, "web", &b, "01J", &src).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("backup web 01J"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "pg_dump in container {DB} to {PARTIAL} exited with 1"
+            )),
+            "{text}"
+        );
+        assert!(text.ends_with("connection to server failed"), "{text}");
+        assert!(err.is_retryable());
+        assert_eq!(host.0.file(PATH), None);
+        assert_eq!(host.0.file(PARTIAL), None);
+    }
+
+    #[tokio::test]
+    async fn an_empty_dump_is_not_a_backup() {
+        let host = host_with_db();
+        host.0.on_exec("pg_dump", out(0, "", ""));
+        let (b, src) = pg_in_container();
+        let err = take(&host, "web", &b, "01J", &src).await.unwrap_err();
+        assert!(err.to_string().contains("an empty file"), "{err}");
+        assert_eq!(host.0.file(PATH), None);
+        assert_eq!(host.0.file(PARTIAL), None);
+    }
+
+    /// Every mutating call of a backup fails in turn, with or without its effect; the
+    /// retry (a resumed step) ends with exactly the one complete backup.
+    #[tokio::test]
+    async fn a_backup_recovers_from_a_failure_at_every_call() {
+        let clean = host_with_db();
+        let (b, src) = pg_in_container();
+        take(&clean, "web", &b, "01J", &src).await.unwrap();
+        let calls = clean.0.mutating_calls();
+        assert!(calls >= 5, "{:?}", clean.0.mutations());
+        for n in 1..=calls {
+            for after_effect in [false, true] {
+                let host = host_with_db();
+                if after_effect {
+                    host.0.fail_call_after_effect(n);
+                } else {
+                    host.0.fail_call(n);
+                }
+                let first = take(&host, "web", &b, "01J", &src).await;
+                let taken = match first {
+                    Ok(t) => t,
+                    Err(e) => {
+                        assert!(e.is_retryable(), "call {n}: {e}");
+                        take(&host, "web", &b, "01J", &src).await.unwrap()
+                    }
+                };
+                let ctx = format!(
+                    "call {n}, after effect {after_effect}: {:?}",
+                    host.0.mutations()
+                );
+                assert_eq!(taken.sha256, sha(DUMP.as_bytes()), "{ctx}");
+                assert_eq!(host.0.file(PATH).as_deref(), Some(DUMP.as_bytes()), "{ctx}");
+                assert_eq!(host.0.file(PARTIAL), None, "{ctx}");
+                let dumps = host
+                    .0
+                    .mutations()
+                    .iter()
+                    .filter(|c| c.starts_with("exec_to_file"))
+                    .count();
+                assert!(dumps <= 2, "{ctx}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_postgres_backup_over_the_network_never_holds_the_password() {
+        let host = ShellFake(FakeHost::new("vm-a"));
+        host.0.put_file("/etc/berth/pg-password", b"s3cret");
+        host.0
+            .on_command("PGPASSWORD=", out(0, DUMP, "pg_dump: warning: nothing"));
+        let b = pg(
+            PostgresSource::Host("10.0.0.5:6432".into()),
+            Some("/etc/berth/pg-password"),
+        );
+        let src = ResolvedSource::resolve(b.target.as_ref().unwrap(), |_| None, "", 0).unwrap();
+        let taken = take(&host, "web", &b, "01J", &src).await.unwrap();
+        assert_eq!(taken.sha256, sha(DUMP.as_bytes()));
+        let dump = host
+            .0
+            .calls()
+            .into_iter()
+            .find(|c| c.contains("pg_dump"))
+            .unwrap();
+        assert_eq!(
+            dump,
+            format!(
+                "run PGPASSWORD=\"$(cat -- /etc/berth/pg-password)\" || {{ echo 'cannot read the password file' >&2; exit 2; }}; \
+                 export PGPASSWORD; umask 077 && pg_dump -Fc --no-password -h 10.0.0.5 -p 6432 -U app -d app -f {PARTIAL}"
+            )
+        );
+        for call in host.0.calls() {
+            assert!(!call.contains("s3cret"), "{call}");
+        }
+        // A failure carries pg_dump's stderr and names the server, never the password.
+        host.0.on_command(
+            "PGPASSWORD=",
+            out(
+                1,
+                "",
+                "pg_dump: error: password authentication failed for user \"app\"",
+            ),
+        );
+        let err = take(&host, "web", &b, "01K", &src)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pg_dump on the host against 10.0.0.5:6432 to /var/backups/web/web-01K.dump.partial exited with 1"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn a_command_backup_gets_the_partial_in_its_environment_and_must_write_it() {
+        let host = ShellFake(FakeHost::new("vm-a"));
+        let b = backup(BackupTarget::Command(CommandBackup {
+            backup: "my-backup --to \"$BERTH_BACKUP_FILE\"".into(),
+            restore: "my-restore --from \"$BERTH_BACKUP_FILE\"".into(),
+        }));
+        host.0
+            .on_command("umask 077 && BERTH_BACKUP_FILE=", out(0, "bytes", ""));
+        let taken = take(&host, "web", &b, "01J", &ResolvedSource::Command)
+            .await
+            .unwrap();
+        assert_eq!(taken.path, "/var/backups/web/web-01J.bak");
+        assert!(host.0.calls().contains(
+            &"run umask 077 && BERTH_BACKUP_FILE=/var/backups/web/web-01J.bak.partial sh -c 'my-backup --to \"$BERTH_BACKUP_FILE\"'".to_owned()
+        ));
+        // A command that succeeds without writing anything did not back anything up.
+        host.0
+            .on_command("umask 077 && BERTH_BACKUP_FILE=", out(0, "", ""));
+        let err = take(&host, "web", &b, "01K", &ResolvedSource::Command)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("an empty file"), "{err}");
+        assert_eq!(host.0.file("/var/backups/web/web-01K.bak"), None);
+
+        let record = Catalogued {
+            id: "01J",
+            path: &taken.path,
+            sha256: &taken.sha256,
+        };
+        restore(&host, "web", &b, &record, &ResolvedSource::Command)
+            .await
+            .unwrap();
+        assert!(host.0.calls().contains(
+            &"run BERTH_BACKUP_FILE=/var/backups/web/web-01J.bak sh -c 'my-restore --from \"$BERTH_BACKUP_FILE\"'".to_owned()
+        ));
+    }
+
+    fn volume() -> (Backup, ResolvedSource) {
+        (
+            backup(BackupTarget::Volume(VolumeBackup {
+                name: "web-data".into(),
+            })),
+            ResolvedSource::Volume {
+                image: "app:v1".into(),
+                revision: 4,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn a_volume_is_archived_through_a_helper_that_is_removed_after() {
+        let host = ShellFake(FakeHost::new("vm-a"));
+        host.0.add_image("app:v1");
+        let (b, src) = volume();
+        // A helper left by a crashed attempt is replaced.
+        let stale = helper_spec("web", "web-backup-01j", "app:v1", 3, "other", false);
+        host.0.add_container(&stale, ContainerState::Created);
+        let taken = take(&host, "web", &b, "01J", &src).await.unwrap();
+        assert_eq!(taken.path, "/var/backups/web/web-01J.tar");
+        let tar = "tar of web-backup-01j:/berth-volume";
+        assert_eq!(taken.sha256, sha(tar.as_bytes()));
+        assert_eq!(host.0.container("web-backup-01j"), None);
+        let m = host.0.mutations();
+        let helper: Vec<_> = m.iter().filter(|c| c.contains("web-backup-01j")).collect();
+        assert_eq!(
+            helper,
+            [
+                "remove web-backup-01j",
+                "create web-backup-01j",
+                "archive_to_file web-backup-01j:/berth-volume > /var/backups/web/web-01J.tar.partial",
+                "remove web-backup-01j",
+            ]
+        );
+        // Taken again: nothing is archived again.
+        take(&host, "web", &b, "01J", &src).await.unwrap();
+        assert_eq!(host.0.count("create web-backup-01j"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_volume_helper_is_removed_even_when_the_archive_fails() {
+        let host = ShellFake(FakeHost::new("vm-a"));
+        host.0.add_image("app:v1");
+        host.0.fail_next(
+            "archive_to_file",
+            crate::host::HostError::Docker {
+                host: "vm-a".into(),
+                op: "archive_to_file",
+                object: "web-backup-01j".into(),
+                message: "boom".into(),
+                retryable: true,
+            },
+        );
+        let (b, src) = volume();
+        let err = take(&host, "web", &b, "01J", &src).await.unwrap_err();
+        assert!(err.to_string().contains("boom"));
+        assert!(err.is_retryable());
+        assert_eq!(host.0.container("web-backup-01j"), None);
+        assert_eq!(host.0.file("/var/backups/web/web-01J.tar.partial"), None);
+        assert_eq!(host.0.file("/var/backups/web/web-01J.tar"), None);
+    }
+
+    #[tokio::test]
+    async fn a_volume_helper_mounts_the_volume_read_only_for_a_backup() {
+        let host = ShellFake(FakeHost::new("vm-a"));
+        host.0.add_image("app:v1");
+        let (b, src) = volume();
+        // Keep the helper: its final removal fails.
+        take(&host, "web", &b, "01J", &src).await.unwrap();
+        let m = host.0.mutations();
+        let last_remove = m
+            .iter()
+            .rposition(|c| c == "remove web-backup-01j")
+            .unwrap();
+        let host = ShellFake(FakeHost::new("vm-a"));
+        host.0.add_image("app:v1");
+        host.0.fail_call(last_remove + 1);
+        assert!(take(&host, "web", &b, "01J", &src).await.is_err());
+        let helper = host
+            .0
+            .spec_of("web-backup-01j")
+            .expect("the helper is kept");
+        assert_eq!(helper.role, Role::Backup);
+        assert_eq!(helper.template.image, "app:v1");
+        assert_eq!(helper.revision, 4);
+        let mount = &helper.template.volumes[0];
+        assert_eq!(
+            (
+                mount.source.as_str(),
+                mount.target.as_str(),
+                mount.is_volume,
+                mount.read_only
+            ),
+            ("web-data", VOLUME_MOUNT, true, true)
+        );
+        assert_eq!(
+            host.0.container("web-backup-01j").map(|c| c.state),
+            Some(ContainerState::Created)
+        );
+        // The retry replaces it and finishes.
+        take(&host, "web", &b, "01J", &src).await.unwrap();
+        assert_eq!(host.0.container("web-backup-01j"), None);
+    }
+
+    #[tokio::test]
+    async fn a_volume_is_restored_through_its_own_helper() {
+        let host = ShellFake(FakeHost::new("vm-a"));
+        host.0.add_image("app:v1");
+        host.0.put_file("/var/backups/web/web-01J.tar", b"tar");
+        let (b, src) = volume();
+        let record = Catalogued {
+            id: "01J",
+            path: "/var/backups/web/web-01J.tar",
+            sha256: &sha(b"tar"),
+        };
+        restore(&host, "web", &b, &record, &src).await.unwrap();
+        let m = host.0.mutations();
+        assert_eq!(
+            m,
+            [
+                "remove web-restore-01j",
+                "create web-restore-01j",
+                "archive_from_file web-restore-01j:/ < /var/backups/web/web-01J.tar",
+                "remove web-restore-01j",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restore_refuses_a_file_that_does_not_match_its_catalogue_entry() {
+        let host = host_with_db();
+        host.0.put_file(PATH, b"tampered");
+        let (b, src) = pg_in_container();
+        let catalogued = sha(DUMP.as_bytes());
+        let record = Catalogued {
+            id: "01J",
+            path: PATH,
+            sha256: &catalogued,
+        };
+        let err = restore(&host, "web", &b, &record, &src).await.unwrap_err();
+        assert!(!err.is_retryable());
+        let text = err.to_string();
+        assert!(
+            text.contains("restore web 01J") && text.contains(PATH),
+            "{text}"
+        );
+        assert!(text.contains("refusing"), "{text}");
+        assert!(host.0.mutations().is_empty(), "{:?}", host.0.mutations());
+
+        host.0.remove_file(PATH).await.unwrap();
+        let err = restore(&host, "web", &b, &record, &src).await.unwrap_err();
+        assert!(
+            !err.is_retryable() && err.to_string().contains("missing"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_postgres_restore_runs_pg_restore_in_one_transaction() {
+        let host = host_with_db();
+        host.0.put_file(PATH, DUMP.as_bytes());
+        host.0.on_exec("pg_restore", out(0, "", ""));
+        let (b, src) = pg_in_container();
+        let digest = sha(DUMP.as_bytes()).to_uppercase();
+        let record = Catalogued {
+            id: "01J",
+            path: PATH,
+            sha256: &digest,
+        };
+        restore(&host, "web", &b, &record, &src).await.unwrap();
+        restore(&host, "web", &b, &record, &src).await.unwrap();
+        let call = format!(
+            "exec_from_file {DB} pg_restore --clean --if-exists --single-transaction --no-owner -U app -d app < {PATH}"
+        );
+        assert_eq!(host.0.count(&call), 2);
+
+        host.0.on_exec(
+            "pg_restore",
+            out(1, "", "pg_restore: error: could not execute query"),
+        );
+        let err = restore(&host, "web", &b, &record, &src).await.unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "pg_restore in container db-r1-0 from /var/backups/web/web-01J.dump exited with 1"
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn prune_removes_the_oldest_files_beyond_keep_and_can_be_repeated() {
+        let host = ShellFake(FakeHost::new("vm-a"));
+        let ids = ["01A", "01B", "01C", "01D"];
+        let paths: Vec<String> = ids.iter().map(|i| format!("/b/web-{i}.dump")).collect();
+        for p in &paths {
+            host.0.put_file(p, b"x");
+        }
+        let records: Vec<Catalogued> = ids
+            .iter()
+            .zip(&paths)
+            .map(|(id, path)| Catalogued {
+                id,
+                path,
+                sha256: "",
+            })
+            .collect();
+        assert_eq!(prune(&host, &records, 2).await.unwrap(), ["01A", "01B"]);
+        let left: Vec<bool> = paths.iter().map(|p| host.0.file(p).is_some()).collect();
+        assert_eq!(left, [false, false, true, true]);
+        // The catalogue was not updated (a crash): pruning again removes nothing more.
+        assert_eq!(prune(&host, &records, 2).await.unwrap(), ["01A", "01B"]);
+        assert_eq!(host.0.file(&paths[2]).as_deref(), Some(&b"x"[..]));
+        assert!(prune(&host, &records[2..], 2).await.unwrap().is_empty());
+        assert!(prune(&host, &[], 2).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_id_that_is_not_a_file_name_is_refused() {
+        let host = host_with_db();
+        let (b, src) = pg_in_container();
+        for id in ["", "../etc", "a b", "x/y"] {
+            let err = take(&host, "web", &b, id, &src).await.unwrap_err();
+            assert!(!err.is_retryable(), "{id:?}");
+        }
+        assert!(host.0.mutations().is_empty());
     }
 }
