@@ -235,7 +235,7 @@ pub async fn ensure_replica(
         }
         match cx.host.start(&name).await {
             Ok(()) => return Ok(()),
-            Err(e) if port_taken(&e.to_string()) => {
+            Err(e) if e.is_port_taken() => {
                 // Something outside Berth holds the port: give the replica another one.
                 if let Some(c) = cx.host.inspect(&name).await? {
                     if let Some(p) = c.port {
@@ -252,10 +252,6 @@ pub async fn ensure_replica(
         format!("{name}: could not find a free port to publish on"),
         true,
     ))
-}
-
-fn port_taken(message: &str) -> bool {
-    message.contains("port is already allocated") || message.contains("address already in use")
 }
 
 async fn new_replica(
