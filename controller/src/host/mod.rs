@@ -11,6 +11,10 @@
 //! - Nothing here retries: errors say whether a retry may help ([`HostError::is_retryable`]),
 //!   and the reconciler decides.
 
+pub(crate) mod engine;
+pub mod fake;
+pub mod local;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
