@@ -552,8 +552,10 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::exec::test_host::{ok, response, serve, TestHost};
-    use crate::host::{HostError, Output};
+    use crate::exec::test_host::SlowHost;
+    use crate::host::fake::{http_response, FakeHost};
+    use crate::host::Output;
+    use crate::model::{ContainerSpec, ContainerState, Role, Template};
 
     fn probe(action: ProbeAction) -> Probe {
         Probe {
@@ -573,50 +575,85 @@ mod tests {
         })
     }
 
+    fn ready() -> Probe {
+        http("/ready", PortRef::Name("http".into()))
+    }
+
     fn exec(cmd: &[&str]) -> Probe {
         probe(ProbeAction::Exec {
             command: cmd.iter().map(|s| s.to_string()).collect(),
         })
     }
 
-    /// `web-r1-0` with port `http` (container 8080) published on `host_port`.
-    fn target(host_port: u16) -> Target {
+    /// `container` with port `http` (container 8080) published on `host_port`.
+    fn target(container: &str, host_port: u16) -> Target {
         let ports = [PortSpec {
             name: "http".into(),
             container_port: 8080,
             publish: "0.0.0.0".into(),
         }];
-        Target::new("web-r1-0", &ports, &[host_port])
+        Target::new(container, &ports, &[host_port])
     }
 
-    fn failing(code: i64, stdout: &str, stderr: &str) -> crate::host::Result<Output> {
-        Ok(Output {
-            exit_code: code,
+    fn output(exit_code: i64, stdout: &str, stderr: &str) -> Output {
+        Output {
+            exit_code,
             stdout: stdout.into(),
             stderr: stderr.into(),
-        })
+        }
+    }
+
+    /// A fake host running `web-r1-0`.
+    fn with_container(state: ContainerState) -> FakeHost {
+        let template = Template {
+            image: "app:v1".into(),
+            command: None,
+            args: None,
+            env: Default::default(),
+            env_files: vec![],
+            ports: vec![(8080, "127.0.0.1".into())],
+            volumes: vec![],
+            networks: vec![],
+        };
+        let fake = FakeHost::new("h");
+        fake.add_container(
+            &ContainerSpec {
+                name: "web-r1-0".into(),
+                env_name: "web".into(),
+                revision: 1,
+                role: Role::App,
+                replica: Some(0),
+                op: None,
+                template_hash: template.hash(),
+                template,
+                host_ports: vec![20001],
+                override_args: None,
+                aliases: vec![],
+            },
+            state,
+        );
+        fake
     }
 
     // ---- probe_once
 
     #[tokio::test]
     async fn an_http_probe_reports_status_and_the_first_line_of_the_body() {
-        let srv = serve(|req| {
-            if req.starts_with("GET /ready ") {
-                response(
+        let fake = FakeHost::new("h");
+        fake.serve(20001, |req| {
+            if req.starts_with(b"GET /ready ") {
+                http_response(
                     503,
                     "schema version 1, this build needs 2..=2\nmore detail\n",
                 )
-            } else if req.starts_with("GET /moved ") {
-                response(302, "")
+            } else if req.starts_with(b"GET /moved ") {
+                http_response(302, "")
             } else {
-                response(200, "  ok  ")
+                http_response(200, "  ok  ")
             }
-        })
-        .await;
-        let host = TestHost::new();
-        let t = target(srv.port);
-        let a = probe_once(&host, &http("/ready", PortRef::Name("http".into())), &t).await;
+        });
+        let t = target("web-r1-0", 20001);
+        let a = probe_once(&fake, &ready(), &t).await;
         assert_eq!(
             a,
             Attempt {
@@ -624,16 +661,18 @@ mod tests {
                 output: "HTTP 503: schema version 1, this build needs 2..=2".into()
             }
         );
-        let a = probe_once(&host, &http("/health", PortRef::Number(8080)), &t).await;
+        let a = probe_once(&fake, &http("/health", PortRef::Number(8080)), &t).await;
         assert_eq!((a.ok, a.output.as_str()), (true, "HTTP 200: ok"));
-        let a = probe_once(&host, &http("/moved", PortRef::Number(8080)), &t).await;
+        let a = probe_once(&fake, &http("/moved", PortRef::Number(8080)), &t).await;
         assert_eq!((a.ok, a.output.as_str()), (true, "HTTP 302"));
+        assert_eq!(fake.count("connect 127.0.0.1:20001"), 3);
     }
 
     #[tokio::test]
     async fn a_probe_on_a_port_that_is_not_published_fails_saying_which() {
-        let host = TestHost::new();
-        let a = probe_once(&host, &http("/", PortRef::Name("admin".into())), &target(1)).await;
+        let fake = FakeHost::new("h");
+        let t = target("web-r1-0", 20001);
+        let a = probe_once(&fake, &http("/", PortRef::Name("admin".into())), &t).await;
         assert_eq!(
             a.output,
             "port `admin` of web-r1-0 is not published on the host"
@@ -641,74 +680,73 @@ mod tests {
         let tcp = probe(ProbeAction::Tcp {
             port: PortRef::Number(9090),
         });
-        let a = probe_once(&host, &tcp, &target(1)).await;
+        let a = probe_once(&fake, &tcp, &t).await;
         assert_eq!(
             (a.ok, a.output.as_str()),
             (false, "port 9090 of web-r1-0 is not published on the host")
         );
+        assert!(fake.calls().is_empty());
     }
 
     #[tokio::test]
     async fn a_tcp_probe_passes_on_connect_and_fails_on_refusal() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
+        let fake = FakeHost::new("h");
+        fake.serve(20001, |_| Vec::new());
         let tcp = probe(ProbeAction::Tcp {
             port: PortRef::Name("http".into()),
         });
-        let host = TestHost::new();
-        let a = probe_once(&host, &tcp, &target(port)).await;
-        assert_eq!(a.output, format!("connected to 127.0.0.1:{port}"));
-        assert!(a.ok);
-        drop(l);
-        let a = probe_once(&host, &tcp, &target(port)).await;
-        assert!(!a.ok);
-        assert!(
-            a.output.starts_with(&format!("host test: port {port}: ")),
-            "{}",
-            a.output
+        let a = probe_once(&fake, &tcp, &target("web-r1-0", 20001)).await;
+        assert_eq!(
+            (a.ok, a.output.as_str()),
+            (true, "connected to 127.0.0.1:20001")
+        );
+        let a = probe_once(&fake, &tcp, &target("web-r1-0", 20002)).await;
+        assert_eq!(
+            (a.ok, a.output.as_str()),
+            (false, "host h: port 20002: 127.0.0.1: Connection refused")
         );
     }
 
     #[tokio::test]
     async fn an_exec_probe_reports_the_last_line_that_explains() {
-        let cases: Vec<(crate::host::Result<Output>, bool, &str)> = vec![
-            (ok("starting\nall good\n\n"), true, "all good"),
+        let cases = [
+            (output(0, "starting\nall good\n\n", ""), true, "all good"),
             (
-                failing(1, "", "warming up\nnot ready yet\n"),
+                output(1, "", "warming up\nnot ready yet\n"),
                 false,
                 "exit 1: not ready yet",
             ),
-            (
-                failing(2, "only stdout\n", ""),
-                false,
-                "exit 2: only stdout",
-            ),
-            (failing(137, "", ""), false, "exit 137"),
-            (
-                Err(HostError::Command {
-                    host: "test".into(),
-                    command: "exec".into(),
-                    message: "exec: \"sh\": executable file not found in $PATH".into(),
-                }),
-                false,
-                "host test: `exec`: exec: \"sh\": executable file not found in $PATH",
-            ),
+            (output(2, "only stdout\n", ""), false, "exit 2: only stdout"),
+            (output(137, "", ""), false, "exit 137"),
         ];
         for (answer, want_ok, want_output) in cases {
-            let answer = std::sync::Mutex::new(Some(answer));
-            let mut host = TestHost::new();
-            host.on_exec = Box::new(move |_| answer.lock().unwrap().take().unwrap());
-            let a = probe_once(&host, &exec(&["sh", "-c", "check"]), &target(1)).await;
+            let fake = with_container(ContainerState::Running);
+            fake.on_exec("sh -c check", answer);
+            let a = probe_once(&fake, &exec(&["sh", "-c", "check"]), &target("web-r1-0", 1)).await;
             assert_eq!((a.ok, a.output.as_str()), (want_ok, want_output));
-            assert_eq!(host.log(), ["web-r1-0: sh -c check"]);
+            assert_eq!(fake.calls(), ["exec web-r1-0 sh -c check"]);
         }
+    }
+
+    #[tokio::test]
+    async fn an_exec_probe_in_a_stopped_container_fails_saying_so() {
+        let fake = with_container(ContainerState::Exited(1));
+        let a = probe_once(&fake, &exec(&["check"]), &target("web-r1-0", 1)).await;
+        assert_eq!(
+            (a.ok, a.output.as_str()),
+            (
+                false,
+                "host h: docker exec web-r1-0: Container web-r1-0 is not running"
+            )
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_exec_probe_that_hangs_fails_at_its_timeout() {
-        let mut host = TestHost::new();
-        host.exec_delay = Duration::from_secs(60);
-        let a = probe_once(&host, &exec(&["pg_isready"]), &target(1)).await;
+        let host = SlowHost {
+            exec_delay: Duration::from_secs(60),
+        };
+        let a = probe_once(&host, &exec(&["pg_isready"]), &target("web-r1-0", 1)).await;
         assert_eq!(
             (a.ok, a.output.as_str()),
             (false, "`pg_isready` in web-r1-0 did not finish within 2s")
@@ -722,6 +760,20 @@ mod tests {
         let cut = one_line(&long);
         assert_eq!(cut.chars().count(), OUTPUT_CAP + 1);
         assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn a_wildcard_publish_address_is_probed_on_loopback() {
+        let t = target("web-r1-0", 20001);
+        assert_eq!(
+            t.resolve(&PortRef::Name("http".into())),
+            Some(("127.0.0.1", 20001))
+        );
+        assert_eq!(
+            t.resolve(&PortRef::Number(8080)),
+            Some(("127.0.0.1", 20001))
+        );
+        assert_eq!(t.resolve(&PortRef::Number(20001)), None);
     }
 
     // ---- Tracker
@@ -828,41 +880,47 @@ mod tests {
 
     // ---- Monitor
 
-    /// A test host whose exec probe passes while `healthy` is set.
-    fn switchable() -> (Arc<TestHost>, Arc<AtomicBool>) {
+    /// A fake host serving `/ready` on each of `ports`: 200 while `healthy` is set, else 503.
+    fn switchable(ports: &[u16]) -> (Arc<FakeHost>, Arc<AtomicBool>) {
         let healthy = Arc::new(AtomicBool::new(false));
-        let h = healthy.clone();
-        let mut host = TestHost::new();
-        host.on_exec = Box::new(move |line| {
-            if h.load(Ordering::SeqCst) {
-                ok(&format!("{line}: fine"))
-            } else {
-                failing(1, "", &format!("{line}: not yet"))
-            }
-        });
-        (Arc::new(host), healthy)
+        let fake = FakeHost::new("h");
+        for &port in ports {
+            let h = healthy.clone();
+            fake.serve(port, move |_| {
+                if h.load(Ordering::SeqCst) {
+                    http_response(200, "ready")
+                } else {
+                    http_response(503, "schema not migrated yet")
+                }
+            });
+        }
+        (Arc::new(fake), healthy)
     }
 
-    fn watch(container: &str, kind: ProbeKind, p: Probe) -> Watch {
+    fn watch(kind: ProbeKind, p: Probe, container: &str, port: u16) -> Watch {
         Watch {
             kind,
             probe: p,
-            target: Target {
-                container: container.into(),
-                ports: vec![],
-            },
+            target: target(container, port),
         }
+    }
+
+    fn probes_made(fake: &FakeHost) -> usize {
+        fake.calls()
+            .iter()
+            .filter(|c| c.starts_with("connect"))
+            .count()
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_monitor_reports_flips_at_the_thresholds() {
-        let (host, healthy) = switchable();
+        let (fake, healthy) = switchable(&[20001]);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let monitor = Monitor::with_notify(host.clone(), tx);
+        let monitor = Monitor::with_notify(fake.clone(), tx);
         let t0 = Instant::now();
         monitor.set_targets(
             "web",
-            vec![watch("web-r1-0", ProbeKind::Readiness, exec(&["check"]))],
+            vec![watch(ProbeKind::Readiness, ready(), "web-r1-0", 20001)],
         );
         let first = monitor.snapshot("web-r1-0").unwrap();
         assert_eq!((first.ready, first.live), (None, None));
@@ -881,57 +939,84 @@ mod tests {
         );
         let h = monitor.snapshot("web-r1-0").unwrap();
         assert_eq!(h.ready, Some(false));
-        assert_eq!(h.last_output, "exit 1: web-r1-0: check: not yet");
+        assert_eq!(h.last_output, "HTTP 503: schema not migrated yet");
 
         healthy.store(true, Ordering::SeqCst);
         let flip = rx.recv().await.unwrap();
         assert_eq!(t0.elapsed(), Duration::from_secs(3));
         assert!(flip.healthy);
         let h = monitor.snapshot("web-r1-0").unwrap();
-        assert_eq!(h.ready, Some(true));
-        assert_eq!(h.last_output, "web-r1-0: check: fine");
+        assert_eq!((h.ready, h.live), (Some(true), None));
+        assert_eq!(h.last_output, "HTTP 200: ready");
         assert_eq!(h.since - first.since, 3000);
+        assert_eq!(probes_made(&fake), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_monitor_runs_exec_probes_in_the_container() {
+        let fake = Arc::new(with_container(ContainerState::Running));
+        fake.on_exec("pg_isready", output(0, "accepting connections\n", ""));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let monitor = Monitor::with_notify(fake.clone(), tx);
+        monitor.set_targets(
+            "web",
+            vec![watch(
+                ProbeKind::Liveness,
+                exec(&["pg_isready"]),
+                "web-r1-0",
+                20001,
+            )],
+        );
+        assert!(rx.recv().await.unwrap().healthy);
+        let h = monitor.snapshot("web-r1-0").unwrap();
+        assert_eq!((h.ready, h.live), (None, Some(true)));
+        assert_eq!(h.last_output, "accepting connections");
+        assert_eq!(fake.calls(), ["exec web-r1-0 pg_isready"]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_first_probe_waits_for_the_initial_delay() {
-        let (host, healthy) = switchable();
+        let (fake, healthy) = switchable(&[20001]);
         healthy.store(true, Ordering::SeqCst);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let monitor = Monitor::with_notify(host.clone(), tx);
-        let mut p = exec(&["check"]);
+        let monitor = Monitor::with_notify(fake.clone(), tx);
+        let mut p = ready();
         p.initial_delay = D::secs(30);
         let t0 = Instant::now();
-        monitor.set_targets("web", vec![watch("web-r1-0", ProbeKind::Liveness, p)]);
+        monitor.set_targets(
+            "web",
+            vec![watch(ProbeKind::Readiness, p, "web-r1-0", 20001)],
+        );
         let flip = rx.recv().await.unwrap();
         assert_eq!(t0.elapsed(), Duration::from_secs(30));
-        assert_eq!((flip.kind, flip.healthy), (ProbeKind::Liveness, true));
-        assert_eq!(host.log().len(), 1);
+        assert!(flip.healthy);
+        assert_eq!(probes_made(&fake), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn removed_targets_stop_probing_and_are_forgotten() {
-        let (host, _) = switchable();
-        let monitor = Monitor::new(host.clone());
+        let (fake, _) = switchable(&[20001, 20002, 20003]);
+        let monitor = Monitor::new(fake.clone());
+        let health = http("/health", PortRef::Name("http".into()));
         monitor.set_targets(
             "web",
             vec![
-                watch("web-r1-0", ProbeKind::Readiness, exec(&["a"])),
-                watch("web-r1-0", ProbeKind::Liveness, exec(&["b"])),
-                watch("web-r1-1", ProbeKind::Readiness, exec(&["a"])),
+                watch(ProbeKind::Readiness, ready(), "web-r1-0", 20001),
+                watch(ProbeKind::Liveness, health, "web-r1-0", 20001),
+                watch(ProbeKind::Readiness, ready(), "web-r1-1", 20002),
             ],
         );
         monitor.set_targets(
             "api",
-            vec![watch("api-r1-0", ProbeKind::Readiness, exec(&["a"]))],
+            vec![watch(ProbeKind::Readiness, ready(), "api-r1-0", 20003)],
         );
         tokio::time::sleep(Duration::from_millis(4500)).await;
         // Five attempts each (0..=4 s).
-        assert_eq!(host.log().len(), 4 * 5);
+        assert_eq!(probes_made(&fake), 4 * 5);
 
         monitor.set_targets(
             "web",
-            vec![watch("web-r1-1", ProbeKind::Readiness, exec(&["a"]))],
+            vec![watch(ProbeKind::Readiness, ready(), "web-r1-1", 20002)],
         );
         assert!(monitor.snapshot("web-r1-0").is_none());
         assert!(monitor.snapshot("web-r1-1").is_some());
@@ -939,22 +1024,19 @@ mod tests {
             monitor.snapshot("api-r1-0").is_some(),
             "another env is untouched"
         );
-        let before = host.log().len();
+        let before = fake.calls().len();
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let after: Vec<String> = host.log()[before..].to_vec();
+        let after: Vec<String> = fake.calls()[before..].to_vec();
         assert_eq!(after.len(), 2 * 10);
-        assert!(
-            after.iter().all(|l| !l.starts_with("web-r1-0")),
-            "{after:?}"
-        );
+        assert!(after.iter().all(|c| !c.ends_with(":20001")), "{after:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_unchanged_watch_keeps_its_history_and_a_changed_one_starts_afresh() {
-        let (host, _) = switchable();
+        let (fake, _) = switchable(&[20001]);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let monitor = Monitor::with_notify(host.clone(), tx);
-        let w = watch("web-r1-0", ProbeKind::Readiness, exec(&["a"]));
+        let monitor = Monitor::with_notify(fake.clone(), tx);
+        let w = watch(ProbeKind::Readiness, ready(), "web-r1-0", 20001);
         monitor.set_targets("web", vec![w.clone()]);
         tokio::time::sleep(Duration::from_millis(1500)).await; // two failures
         monitor.set_targets("web", vec![w.clone()]);
@@ -969,28 +1051,29 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn dropping_the_monitor_stops_every_probe() {
-        let (host, _) = switchable();
-        let monitor = Monitor::new(host.clone());
+        let (fake, _) = switchable(&[20001]);
+        let monitor = Monitor::new(fake.clone());
         monitor.set_targets(
             "web",
-            vec![watch("web-r1-0", ProbeKind::Liveness, exec(&["a"]))],
+            vec![watch(ProbeKind::Liveness, ready(), "web-r1-0", 20001)],
         );
         tokio::time::sleep(Duration::from_millis(2500)).await;
         drop(monitor);
-        let n = host.log().len();
+        let n = probes_made(&fake);
         tokio::time::sleep(Duration::from_secs(60)).await;
-        assert_eq!(host.log().len(), n);
-        assert_eq!(Arc::strong_count(&host), 1, "the tasks let go of the host");
+        assert_eq!(probes_made(&fake), n);
+        assert_eq!(Arc::strong_count(&fake), 1, "the tasks let go of the host");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_snapshot_answers_while_a_probe_hangs() {
-        let mut host = TestHost::new();
-        host.exec_delay = Duration::from_secs(3600);
+        let host = SlowHost {
+            exec_delay: Duration::from_secs(3600),
+        };
         let monitor = Monitor::new(Arc::new(host));
         let mut p = exec(&["slow"]);
         p.failure_threshold = 1;
-        monitor.set_targets("web", vec![watch("web-r1-0", ProbeKind::Readiness, p)]);
+        monitor.set_targets("web", vec![watch(ProbeKind::Readiness, p, "web-r1-0", 1)]);
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(monitor.snapshot("web-r1-0").unwrap().ready, None);
         tokio::time::sleep(Duration::from_millis(1500)).await;
