@@ -15,7 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_api::environment::{PortRef, PortSpec, Probe, ProbeAction, SmokeCheck};
 use berth_api::values::Duration as D;
-use berth_controller::exec::probe::{probe_once, Monitor, ProbeKind, Target, Watch};
+use berth_controller::exec::monitor::{Monitor, ProbeKind, Watch};
+use berth_controller::exec::probe::{probe_once, Target};
 use berth_controller::exec::smoke::run_smoke;
 use berth_controller::host::local::LocalHost;
 

@@ -8,6 +8,7 @@
 pub mod backup;
 pub mod http;
 pub mod migrate;
+pub mod monitor;
 pub mod probe;
 pub mod smoke;
 pub mod traffic;

@@ -1,7 +1,7 @@
-//! What [`FakeHost`](crate::host::fake::FakeHost) cannot do, for exec's unit tests: hang.
-//! `SlowHost` connects to real loopback ports (so a listener that never answers can be
-//! reached) and takes `exec_delay` of Tokio's time for every exec; everything else is
-//! refused.
+//! For exec's unit tests: shared [`fixtures`], and what
+//! [`FakeHost`](crate::host::fake::FakeHost) cannot do — hang. `SlowHost` connects to real
+//! loopback ports (so a listener that never answers can be reached) and takes
+//! `exec_delay` of Tokio's time for every exec; everything else is refused.
 
 use std::time::Duration;
 
@@ -101,5 +101,95 @@ impl Host for SlowHost {
     }
     async fn events(&self) -> Result<BoxStream<'static, Result<ContainerEvent>>> {
         refused("events")
+    }
+}
+
+/// Probes, targets and a fake host with one replica, as the tests of `probe` and
+/// `monitor` use them.
+pub(crate) mod fixtures {
+    use berth_api::environment::{PortRef, PortSpec, Probe, ProbeAction};
+    use berth_api::values::Duration as D;
+
+    use crate::exec::probe::Target;
+    use crate::host::fake::FakeHost;
+    use crate::host::Output;
+    use crate::model::{ContainerSpec, ContainerState, Role, Template};
+
+    pub(crate) fn probe(action: ProbeAction) -> Probe {
+        Probe {
+            action,
+            interval: D::secs(1),
+            timeout: D::secs(2),
+            success_threshold: 1,
+            failure_threshold: 3,
+            initial_delay: D::secs(0),
+        }
+    }
+
+    pub(crate) fn http(path: &str, port: PortRef) -> Probe {
+        probe(ProbeAction::Http {
+            path: path.into(),
+            port,
+        })
+    }
+
+    pub(crate) fn ready() -> Probe {
+        http("/ready", PortRef::Name("http".into()))
+    }
+
+    pub(crate) fn exec(cmd: &[&str]) -> Probe {
+        probe(ProbeAction::Exec {
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    /// `container` with port `http` (container 8080) published on `host_port`.
+    pub(crate) fn target(container: &str, host_port: u16) -> Target {
+        let ports = [PortSpec {
+            name: "http".into(),
+            container_port: 8080,
+            publish: "0.0.0.0".into(),
+        }];
+        Target::new(container, &ports, &[host_port])
+    }
+
+    pub(crate) fn output(exit_code: i64, stdout: &str, stderr: &str) -> Output {
+        Output {
+            exit_code,
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        }
+    }
+
+    /// A fake host running `web-r1-0`.
+    pub(crate) fn with_container(state: ContainerState) -> FakeHost {
+        let template = Template {
+            image: "app:v1".into(),
+            command: None,
+            args: None,
+            env: Default::default(),
+            env_files: vec![],
+            ports: vec![(8080, "127.0.0.1".into())],
+            volumes: vec![],
+            networks: vec![],
+        };
+        let fake = FakeHost::new("h");
+        fake.add_container(
+            &ContainerSpec {
+                name: "web-r1-0".into(),
+                env_name: "web".into(),
+                revision: 1,
+                role: Role::App,
+                replica: Some(0),
+                op: None,
+                template_hash: template.hash(),
+                template,
+                host_ports: vec![20001],
+                override_args: None,
+                aliases: vec![],
+            },
+            state,
+        );
+        fake
     }
 }
