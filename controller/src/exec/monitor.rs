@@ -124,9 +124,10 @@ impl Monitor {
         }
     }
 
-    /// Replaces the probes watched for `env` by `watches` (container → probe). A probe
-    /// that is unchanged keeps running with its history; a changed one starts afresh;
-    /// containers no longer listed are forgotten.
+    /// Replaces the probes watched for `env` by `watches`. A probe that is unchanged keeps
+    /// running with its history; a changed one starts afresh (its `initialDelay` counted
+    /// from now); containers no longer listed are forgotten, and an empty list forgets
+    /// the environment. Other environments are untouched.
     pub fn set_targets(&self, env: &str, watches: Vec<Watch>) {
         let now = self.shared.clock.now();
         let mut st = self.shared.lock();
