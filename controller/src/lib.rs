@@ -6,7 +6,7 @@
 //! - [`host`]: the ways to reach a Docker host (trait; local socket; a fake for tests).
 //! - `plan` (pure): desired spec + observed state + journal + now → the next step.
 //! - `exec`: performs one step against a host: observe, act only if missing, verify.
-//! - `store`: the sled journal — operations, step records, revisions, backups, events.
+//! - [`store`]: the sled journal — operations, environment state, revisions, backups, events.
 //! - `reconcile`: the loop — work queue, triggers, backoff.
 //! - `source`: where desired state comes from (a watched directory).
 
@@ -14,3 +14,7 @@ pub mod exec;
 pub mod host;
 pub mod model;
 pub mod op;
+pub mod plan;
+pub mod reconcile;
+pub mod source;
+pub mod store;

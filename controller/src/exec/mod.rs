@@ -6,11 +6,13 @@
 //! only what is still missing (DESIGN.md, "Rollouts are operations").
 
 pub mod backup;
+pub mod containers;
 pub mod http;
 pub mod migrate;
 pub mod monitor;
 pub mod probe;
 pub mod smoke;
+pub mod steps;
 pub mod traffic;
 
 #[cfg(test)]
@@ -22,6 +24,9 @@ use crate::host::HostError;
 pub enum ExecError {
     #[error(transparent)]
     Host(#[from] HostError),
+    /// The journal could not be read or written (catalogue of backups, revisions).
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("{what}: {message}")]
     Failed {
         /// What was being done: "nginx test", "backup demo-prod", "migration".
@@ -43,6 +48,7 @@ impl ExecError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ExecError::Host(e) => e.is_retryable(),
+            ExecError::Store(e) => !e.is_corrupt(),
             ExecError::Failed { retryable, .. } => *retryable,
         }
     }

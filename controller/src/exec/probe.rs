@@ -8,6 +8,9 @@ use crate::exec::http::{self, human};
 use crate::host::Host;
 use crate::op::Millis;
 
+// The monitor that runs probes lives in its own file; the reconciler names it from here.
+pub use crate::exec::monitor::{Flip, Health, Monitor, ProbeKind, Watch};
+
 /// Probe outputs are cut to this many characters: one line for `describe` and events.
 pub const OUTPUT_CAP: usize = 200;
 

@@ -156,7 +156,8 @@ impl Engine {
         match self.docker.create_container(Some(options), config).await {
             Ok(_) => {}
             Err(e) if status_of(&e) == Some(409) => return self.existed(spec).await,
-            Err(e) if status_of(&e) == Some(404) => {
+            // A 404 may also be a missing network; that one keeps the engine's words.
+            Err(e) if status_of(&e) == Some(404) && server_message(&e).contains("image") => {
                 return Err(HostError::Docker {
                     host: self.host.clone(),
                     op: "create",
@@ -1119,6 +1120,10 @@ mod tests {
             server(500, "driver failed: port is already allocated"),
         );
         assert!(e.to_string().contains("port is already allocated"), "{e}");
+        assert!(e.is_port_taken());
+        let proxy = "Error starting userland proxy: listen tcp4 127.0.0.1:20001: bind: address already in use";
+        assert!(map_error("h", "start", "web-r1-0", server(500, proxy)).is_port_taken());
+        assert!(!map_error("h", "start", "web-r1-0", server(500, "oci runtime")).is_port_taken());
         assert!(e.to_string().contains("start web-r1-0"), "{e}");
         let lost = map_error(
             "h",
