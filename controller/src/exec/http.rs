@@ -201,60 +201,69 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
-    use crate::exec::test_host::{response, serve, TestHost};
+    use crate::exec::test_host::SlowHost;
+    use crate::host::fake::{http_response, FakeHost};
 
     const T: Duration = Duration::from_secs(5);
+    const PORT: u16 = 20001;
+
+    /// A fake host serving `answer` on [`PORT`], and the requests it received, as text.
+    fn serving(answer: Vec<u8>) -> (FakeHost, Arc<Mutex<Vec<String>>>) {
+        let fake = FakeHost::new("h");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        fake.serve(PORT, move |req| {
+            log.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(req).into_owned());
+            answer.clone()
+        });
+        (fake, seen)
+    }
 
     #[tokio::test]
     async fn a_request_says_host_and_connection_close_and_reads_the_answer() {
-        let srv = serve(|_| response(201, "made")).await;
+        let (fake, seen) = serving(http_response(201, "made"));
         let req = Request {
             method: "POST",
             path: "/rows?x=1",
             headers: &[("X-Test", "yes")],
             body: Some("hello"),
         };
-        let resp = request(&TestHost::new(), "127.0.0.1", srv.port, &req, T)
-            .await
-            .unwrap();
+        let resp = request(&fake, "127.0.0.1", PORT, &req, T).await.unwrap();
         assert_eq!((resp.status, resp.text().as_ref()), (201, "made"));
         assert!(!resp.truncated);
-        let sent = srv.requests().join("").to_ascii_lowercase();
+        let sent = seen.lock().unwrap().join("").to_ascii_lowercase();
         assert!(sent.starts_with("post /rows?x=1 http/1.1\r\n"), "{sent}");
-        assert!(sent.contains(&format!("host: 127.0.0.1:{}\r\n", srv.port)));
+        assert!(sent.contains("host: 127.0.0.1:20001\r\n"));
         assert!(sent.contains("connection: close\r\n"));
         assert!(sent.contains("x-test: yes\r\n"));
         assert!(sent.ends_with("\r\n\r\nhello"), "{sent}");
+        assert_eq!(fake.calls(), ["connect 127.0.0.1:20001"]);
     }
 
     #[tokio::test]
     async fn a_host_header_given_by_the_caller_replaces_the_default() {
-        let srv = serve(|_| response(200, "")).await;
+        let (fake, seen) = serving(http_response(200, ""));
         let req = Request {
             headers: &[("Host", "app.example")],
             ..Request::get("/")
         };
-        request(&TestHost::new(), "127.0.0.1", srv.port, &req, T)
-            .await
-            .unwrap();
-        let sent = srv.requests().join("").to_ascii_lowercase();
+        request(&fake, "127.0.0.1", PORT, &req, T).await.unwrap();
+        let sent = seen.lock().unwrap().join("").to_ascii_lowercase();
         assert!(sent.contains("host: app.example\r\n"));
         assert_eq!(sent.matches("host:").count(), 1, "{sent}");
     }
 
     #[tokio::test]
     async fn a_long_body_is_cut_at_64_kib() {
-        let srv = serve(|_| response(200, &"x".repeat(200 * 1024))).await;
-        let resp = request(
-            &TestHost::new(),
-            "127.0.0.1",
-            srv.port,
-            &Request::get("/"),
-            T,
-        )
-        .await
-        .unwrap();
+        let (fake, _) = serving(http_response(200, &"x".repeat(200 * 1024)));
+        let resp = request(&fake, "127.0.0.1", PORT, &Request::get("/"), T)
+            .await
+            .unwrap();
         assert_eq!(resp.body.len(), BODY_CAP);
         assert!(resp.truncated);
     }
@@ -263,8 +272,11 @@ mod tests {
     async fn a_server_that_never_answers_is_a_retryable_timeout() {
         let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = silent.local_addr().unwrap().port();
+        let host = SlowHost {
+            exec_delay: Duration::ZERO,
+        };
         let err = request(
-            &TestHost::new(),
+            &host,
             "127.0.0.1",
             port,
             &Request::get("/ready"),
@@ -281,51 +293,48 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_that_closes_without_answering_is_a_retryable_error() {
-        let srv = serve(|_| Vec::new()).await;
-        let err = request(
-            &TestHost::new(),
-            "127.0.0.1",
-            srv.port,
-            &Request::get("/"),
-            T,
-        )
-        .await
-        .unwrap_err();
+        let (fake, _) = serving(Vec::new());
+        let err = request(&fake, "127.0.0.1", PORT, &Request::get("/"), T)
+            .await
+            .unwrap_err();
         assert!(err.is_retryable(), "{err}");
         assert!(
-            err.to_string().starts_with("HTTP GET http://127.0.0.1:"),
+            err.to_string()
+                .starts_with("HTTP GET http://127.0.0.1:20001/: connection closed"),
             "{err}"
         );
     }
 
     #[tokio::test]
     async fn a_refused_connection_is_a_host_error() {
-        let port = {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let err = request(&TestHost::new(), "127.0.0.1", port, &Request::get("/"), T)
-            .await
-            .unwrap_err();
+        let err = request(
+            &FakeHost::new("h"),
+            "127.0.0.1",
+            PORT,
+            &Request::get("/"),
+            T,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, ExecError::Host(_)), "{err}");
         assert!(err.is_retryable());
     }
 
     #[tokio::test]
-    async fn a_malformed_request_is_not_retryable() {
+    async fn a_malformed_request_is_not_retryable_and_connects_nowhere() {
+        let fake = FakeHost::new("h");
         let req = Request {
             headers: &[("bad header", "x")],
             ..Request::get("/")
         };
-        let err = request(&TestHost::new(), "127.0.0.1", 9, &req, T)
-            .await
-            .unwrap_err();
+        let err = request(&fake, "127.0.0.1", 9, &req, T).await.unwrap_err();
         assert!(!err.is_retryable());
         assert!(
             err.to_string()
                 .contains("`bad header` is not a header name"),
             "{err}"
         );
+        assert!(fake.calls().is_empty());
     }
 
     #[test]

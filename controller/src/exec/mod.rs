@@ -9,6 +9,7 @@ pub mod backup;
 pub mod containers;
 pub mod http;
 pub mod migrate;
+pub mod monitor;
 pub mod probe;
 pub mod smoke;
 pub mod steps;

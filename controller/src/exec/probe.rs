@@ -1,24 +1,18 @@
-//! Health probes: one attempt ([`probe_once`]), the pure threshold logic that turns
-//! attempts into a verdict ([`Tracker`]), and the [`Monitor`] that keeps probing every
-//! replica at its interval and answers "is it ready, is it live?" without waiting.
-
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+//! Health probes: one attempt ([`probe_once`]) and the pure threshold logic that turns
+//! attempts into a verdict ([`Tracker`]). [`crate::exec::monitor`] runs them at their
+//! intervals.
 
 use berth_api::environment::{PortRef, PortSpec, Probe, ProbeAction};
-use tokio::sync::mpsc::UnboundedSender;
-use tokio::task::AbortHandle;
 
 use crate::exec::http::{self, human};
 use crate::host::Host;
 use crate::op::Millis;
 
+// The monitor that runs probes lives in its own file; the reconciler names it from here.
+pub use crate::exec::monitor::{Flip, Health, Monitor, ProbeKind, Watch};
+
 /// Probe outputs are cut to this many characters: one line for `describe` and events.
 pub const OUTPUT_CAP: usize = 200;
-
-/// The shortest interval a probe runs at, whatever the manifest says (`0s` included).
-pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
 // ---- one attempt --------------------------------------------------------------------
 
@@ -263,360 +257,37 @@ impl Tracker {
     }
 }
 
-// ---- the monitor ----------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ProbeKind {
-    Readiness,
-    Liveness,
-}
-
-/// One probe to keep running: a container's readiness or liveness probe.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Watch {
-    pub kind: ProbeKind,
-    pub probe: Probe,
-    pub target: Target,
-}
-
-/// What the monitor knows of one container.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Health {
-    /// `None` until decided, and when the container has no probe of that kind (the caller
-    /// knows from the spec which probes exist).
-    pub ready: Option<bool>,
-    pub live: Option<bool>,
-    /// The output that explains the worst state: a liveness probe not (yet) passing, else
-    /// a readiness probe not (yet) passing, else the readiness (or liveness) probe's latest.
-    pub last_output: String,
-    /// When `(ready, live)` last changed, or when the container was first watched.
-    pub since: Millis,
-}
-
-/// A verdict changed (including the first decision): the reconciler requeues `env`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Flip {
-    pub env: String,
-    pub container: String,
-    pub kind: ProbeKind,
-    pub healthy: bool,
-}
-
-/// Runs every watched probe at its interval, each in its own task, and keeps the latest
-/// [`Health`] of every watched container.
-///
-/// # Guarantees
-/// - [`Monitor::snapshot`] never waits for a probe: it reads what the tasks last wrote.
-/// - A probe's task ends when its watch is removed or changed, or the monitor is dropped;
-///   nothing it was running writes afterwards.
-pub struct Monitor {
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    host: Arc<dyn Host>,
-    notify: Option<UnboundedSender<Flip>>,
-    clock: Clock,
-    runtime: tokio::runtime::Handle,
-    // A std Mutex, not tokio's: every critical section is a few map operations, it is
-    // never held across an `.await` (the probe runs with the lock released, then the
-    // result is written under it), and `snapshot` must answer from sync code without
-    // waiting behind a probe.
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    running: HashMap<Key, Running>,
-    health: HashMap<String, Entry>,
-    next_generation: u64,
-}
-
-/// (environment, container, kind)
-type Key = (String, String, ProbeKind);
-
-struct Running {
-    watch: Watch,
-    /// Distinguishes this task from an earlier one for the same key, so that a task
-    /// aborted while past its last `.await` cannot write over its successor.
-    generation: u64,
-    task: AbortHandle,
-}
-
-struct Entry {
-    ready: Option<Verdict>,
-    live: Option<Verdict>,
-    since: Millis,
-}
-
-impl Monitor {
-    /// A monitor probing through `host`. Must be created inside a Tokio runtime, whose
-    /// tasks then run the probes.
-    pub fn new(host: Arc<dyn Host>) -> Monitor {
-        Monitor::build(host, None)
-    }
-
-    /// Like [`Monitor::new`], and every [`Flip`] is sent to `notify`.
-    pub fn with_notify(host: Arc<dyn Host>, notify: UnboundedSender<Flip>) -> Monitor {
-        Monitor::build(host, Some(notify))
-    }
-
-    fn build(host: Arc<dyn Host>, notify: Option<UnboundedSender<Flip>>) -> Monitor {
-        Monitor {
-            shared: Arc::new(Shared {
-                host,
-                notify,
-                clock: Clock::start(),
-                runtime: tokio::runtime::Handle::current(),
-                state: Mutex::new(State::default()),
-            }),
-        }
-    }
-
-    /// Replaces the probes watched for `env` by `watches` (container → probe). A probe
-    /// that is unchanged keeps running with its history; a changed one starts afresh;
-    /// containers no longer listed are forgotten.
-    pub fn set_targets(&self, env: &str, watches: Vec<Watch>) {
-        let now = self.shared.clock.now();
-        let mut st = self.shared.lock();
-        let mut wanted: HashMap<Key, Watch> = watches
-            .into_iter()
-            .map(|w| ((env.to_owned(), w.target.container.clone(), w.kind), w))
-            .collect();
-        let mine: Vec<Key> = st.running.keys().filter(|k| k.0 == env).cloned().collect();
-        for key in mine {
-            if wanted.get(&key) == st.running.get(&key).map(|r| &r.watch) {
-                wanted.remove(&key);
-                continue;
-            }
-            if let Some(old) = st.running.remove(&key) {
-                old.task.abort();
-            }
-            let emptied = st.health.get_mut(&key.1).is_some_and(|e| {
-                *e.slot(key.2) = None;
-                e.ready.is_none() && e.live.is_none()
-            });
-            if emptied && !st.running.keys().any(|k| k.1 == key.1) {
-                st.health.remove(&key.1);
-            }
-        }
-        for (key, watch) in wanted {
-            st.next_generation += 1;
-            let generation = st.next_generation;
-            let entry = st.health.entry(key.1.clone()).or_insert(Entry {
-                ready: None,
-                live: None,
-                since: now,
-            });
-            *entry.slot(key.2) = Some(Verdict::default());
-            let task = self
-                .shared
-                .runtime
-                .spawn(run(
-                    self.shared.clone(),
-                    key.clone(),
-                    generation,
-                    watch.clone(),
-                ))
-                .abort_handle();
-            st.running.insert(
-                key,
-                Running {
-                    watch,
-                    generation,
-                    task,
-                },
-            );
-        }
-    }
-
-    /// The latest health of a watched container; `None` when it is not watched.
-    pub fn snapshot(&self, container: &str) -> Option<Health> {
-        self.shared.lock().health.get(container).map(Entry::health)
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        for r in self.shared.lock().running.values() {
-            r.task.abort();
-        }
-    }
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic elsewhere while holding the lock leaves plain maps behind, still usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Writes a task's verdict, if the task is still the current one for its key.
-    fn record(&self, key: &Key, generation: u64, v: Verdict, now: Millis) -> Option<Flip> {
-        let mut st = self.lock();
-        if st.running.get(key).map(|r| r.generation) != Some(generation) {
-            return None;
-        }
-        let entry = st.health.get_mut(&key.1)?;
-        let slot = entry.slot(key.2);
-        let before = slot.as_ref().and_then(|s| s.healthy);
-        let after = v.healthy;
-        *slot = Some(v);
-        if before == after {
-            return None;
-        }
-        entry.since = now;
-        Some(Flip {
-            env: key.0.clone(),
-            container: key.1.clone(),
-            kind: key.2,
-            healthy: after?,
-        })
-    }
-}
-
-impl Entry {
-    fn slot(&mut self, kind: ProbeKind) -> &mut Option<Verdict> {
-        match kind {
-            ProbeKind::Readiness => &mut self.ready,
-            ProbeKind::Liveness => &mut self.live,
-        }
-    }
-
-    fn health(&self) -> Health {
-        fn failing(v: &Option<Verdict>) -> Option<&Verdict> {
-            v.as_ref().filter(|v| v.healthy != Some(true))
-        }
-        let explains = failing(&self.live)
-            .or_else(|| failing(&self.ready))
-            .or(self.ready.as_ref())
-            .or(self.live.as_ref());
-        Health {
-            ready: self.ready.as_ref().and_then(|v| v.healthy),
-            live: self.live.as_ref().and_then(|v| v.healthy),
-            last_output: explains.map(|v| v.last_output.clone()).unwrap_or_default(),
-            since: self.since,
-        }
-    }
-}
-
-/// One probe's task: waits `initialDelay`, then probes at `interval` until aborted.
-async fn run(shared: Arc<Shared>, key: Key, generation: u64, watch: Watch) {
-    let mut tracker = Tracker::new(&watch.probe, shared.clock.now());
-    tokio::time::sleep(watch.probe.initial_delay.0).await;
-    let mut ticks = tokio::time::interval(watch.probe.interval.0.max(MIN_INTERVAL));
-    // A probe slower than its interval delays the next one rather than bunching them.
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let attempt = probe_once(shared.host.as_ref(), &watch.probe, &watch.target).await;
-        let now = shared.clock.now();
-        let verdict = tracker.observe(attempt.ok, &attempt.output, now);
-        let flip = shared.record(&key, generation, verdict, now);
-        if let (Some(flip), Some(tx)) = (flip, &shared.notify) {
-            // A receiver that has gone away no longer wants to know.
-            let _ = tx.send(flip);
-        }
-    }
-}
-
-/// Milliseconds since the epoch, advanced by Tokio's clock, so that a paused clock in
-/// tests moves the monitor's time as it moves the probes' timers.
-struct Clock {
-    wall_at_start: Millis,
-    start: tokio::time::Instant,
-}
-
-impl Clock {
-    fn start() -> Clock {
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        Clock {
-            wall_at_start: wall,
-            start: tokio::time::Instant::now(),
-        }
-    }
-
-    fn now(&self) -> Millis {
-        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.wall_at_start.saturating_add(elapsed)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
 
     use berth_api::values::Duration as D;
-    use tokio::time::Instant;
 
     use super::*;
-    use crate::exec::test_host::{ok, response, serve, TestHost};
-    use crate::host::{HostError, Output};
-
-    fn probe(action: ProbeAction) -> Probe {
-        Probe {
-            action,
-            interval: D::secs(1),
-            timeout: D::secs(2),
-            success_threshold: 1,
-            failure_threshold: 3,
-            initial_delay: D::secs(0),
-        }
-    }
-
-    fn http(path: &str, port: PortRef) -> Probe {
-        probe(ProbeAction::Http {
-            path: path.into(),
-            port,
-        })
-    }
-
-    fn exec(cmd: &[&str]) -> Probe {
-        probe(ProbeAction::Exec {
-            command: cmd.iter().map(|s| s.to_string()).collect(),
-        })
-    }
-
-    /// `web-r1-0` with port `http` (container 8080) published on `host_port`.
-    fn target(host_port: u16) -> Target {
-        let ports = [PortSpec {
-            name: "http".into(),
-            container_port: 8080,
-            publish: "0.0.0.0".into(),
-        }];
-        Target::new("web-r1-0", &ports, &[host_port])
-    }
-
-    fn failing(code: i64, stdout: &str, stderr: &str) -> crate::host::Result<Output> {
-        Ok(Output {
-            exit_code: code,
-            stdout: stdout.into(),
-            stderr: stderr.into(),
-        })
-    }
+    use crate::exec::test_host::fixtures::*;
+    use crate::exec::test_host::SlowHost;
+    use crate::host::fake::{http_response, FakeHost};
+    use crate::model::ContainerState;
 
     // ---- probe_once
 
     #[tokio::test]
     async fn an_http_probe_reports_status_and_the_first_line_of_the_body() {
-        let srv = serve(|req| {
-            if req.starts_with("GET /ready ") {
-                response(
+        let fake = FakeHost::new("h");
+        fake.serve(20001, |req| {
+            if req.starts_with(b"GET /ready ") {
+                http_response(
                     503,
                     "schema version 1, this build needs 2..=2\nmore detail\n",
                 )
-            } else if req.starts_with("GET /moved ") {
-                response(302, "")
+            } else if req.starts_with(b"GET /moved ") {
+                http_response(302, "")
             } else {
-                response(200, "  ok  ")
+                http_response(200, "  ok  ")
             }
-        })
-        .await;
-        let host = TestHost::new();
-        let t = target(srv.port);
-        let a = probe_once(&host, &http("/ready", PortRef::Name("http".into())), &t).await;
+        });
+        let t = target("web-r1-0", 20001);
+        let a = probe_once(&fake, &ready(), &t).await;
         assert_eq!(
             a,
             Attempt {
@@ -624,16 +295,18 @@ mod tests {
                 output: "HTTP 503: schema version 1, this build needs 2..=2".into()
             }
         );
-        let a = probe_once(&host, &http("/health", PortRef::Number(8080)), &t).await;
+        let a = probe_once(&fake, &http("/health", PortRef::Number(8080)), &t).await;
         assert_eq!((a.ok, a.output.as_str()), (true, "HTTP 200: ok"));
-        let a = probe_once(&host, &http("/moved", PortRef::Number(8080)), &t).await;
+        let a = probe_once(&fake, &http("/moved", PortRef::Number(8080)), &t).await;
         assert_eq!((a.ok, a.output.as_str()), (true, "HTTP 302"));
+        assert_eq!(fake.count("connect 127.0.0.1:20001"), 3);
     }
 
     #[tokio::test]
     async fn a_probe_on_a_port_that_is_not_published_fails_saying_which() {
-        let host = TestHost::new();
-        let a = probe_once(&host, &http("/", PortRef::Name("admin".into())), &target(1)).await;
+        let fake = FakeHost::new("h");
+        let t = target("web-r1-0", 20001);
+        let a = probe_once(&fake, &http("/", PortRef::Name("admin".into())), &t).await;
         assert_eq!(
             a.output,
             "port `admin` of web-r1-0 is not published on the host"
@@ -641,74 +314,73 @@ mod tests {
         let tcp = probe(ProbeAction::Tcp {
             port: PortRef::Number(9090),
         });
-        let a = probe_once(&host, &tcp, &target(1)).await;
+        let a = probe_once(&fake, &tcp, &t).await;
         assert_eq!(
             (a.ok, a.output.as_str()),
             (false, "port 9090 of web-r1-0 is not published on the host")
         );
+        assert!(fake.calls().is_empty());
     }
 
     #[tokio::test]
     async fn a_tcp_probe_passes_on_connect_and_fails_on_refusal() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
+        let fake = FakeHost::new("h");
+        fake.serve(20001, |_| Vec::new());
         let tcp = probe(ProbeAction::Tcp {
             port: PortRef::Name("http".into()),
         });
-        let host = TestHost::new();
-        let a = probe_once(&host, &tcp, &target(port)).await;
-        assert_eq!(a.output, format!("connected to 127.0.0.1:{port}"));
-        assert!(a.ok);
-        drop(l);
-        let a = probe_once(&host, &tcp, &target(port)).await;
-        assert!(!a.ok);
-        assert!(
-            a.output.starts_with(&format!("host test: port {port}: ")),
-            "{}",
-            a.output
+        let a = probe_once(&fake, &tcp, &target("web-r1-0", 20001)).await;
+        assert_eq!(
+            (a.ok, a.output.as_str()),
+            (true, "connected to 127.0.0.1:20001")
+        );
+        let a = probe_once(&fake, &tcp, &target("web-r1-0", 20002)).await;
+        assert_eq!(
+            (a.ok, a.output.as_str()),
+            (false, "host h: port 20002: 127.0.0.1: Connection refused")
         );
     }
 
     #[tokio::test]
     async fn an_exec_probe_reports_the_last_line_that_explains() {
-        let cases: Vec<(crate::host::Result<Output>, bool, &str)> = vec![
-            (ok("starting\nall good\n\n"), true, "all good"),
+        let cases = [
+            (output(0, "starting\nall good\n\n", ""), true, "all good"),
             (
-                failing(1, "", "warming up\nnot ready yet\n"),
+                output(1, "", "warming up\nnot ready yet\n"),
                 false,
                 "exit 1: not ready yet",
             ),
-            (
-                failing(2, "only stdout\n", ""),
-                false,
-                "exit 2: only stdout",
-            ),
-            (failing(137, "", ""), false, "exit 137"),
-            (
-                Err(HostError::Command {
-                    host: "test".into(),
-                    command: "exec".into(),
-                    message: "exec: \"sh\": executable file not found in $PATH".into(),
-                }),
-                false,
-                "host test: `exec`: exec: \"sh\": executable file not found in $PATH",
-            ),
+            (output(2, "only stdout\n", ""), false, "exit 2: only stdout"),
+            (output(137, "", ""), false, "exit 137"),
         ];
         for (answer, want_ok, want_output) in cases {
-            let answer = std::sync::Mutex::new(Some(answer));
-            let mut host = TestHost::new();
-            host.on_exec = Box::new(move |_| answer.lock().unwrap().take().unwrap());
-            let a = probe_once(&host, &exec(&["sh", "-c", "check"]), &target(1)).await;
+            let fake = with_container(ContainerState::Running);
+            fake.on_exec("sh -c check", answer);
+            let a = probe_once(&fake, &exec(&["sh", "-c", "check"]), &target("web-r1-0", 1)).await;
             assert_eq!((a.ok, a.output.as_str()), (want_ok, want_output));
-            assert_eq!(host.log(), ["web-r1-0: sh -c check"]);
+            assert_eq!(fake.calls(), ["exec web-r1-0 sh -c check"]);
         }
+    }
+
+    #[tokio::test]
+    async fn an_exec_probe_in_a_stopped_container_fails_saying_so() {
+        let fake = with_container(ContainerState::Exited(1));
+        let a = probe_once(&fake, &exec(&["check"]), &target("web-r1-0", 1)).await;
+        assert_eq!(
+            (a.ok, a.output.as_str()),
+            (
+                false,
+                "host h: docker exec web-r1-0: Container web-r1-0 is not running"
+            )
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_exec_probe_that_hangs_fails_at_its_timeout() {
-        let mut host = TestHost::new();
-        host.exec_delay = Duration::from_secs(60);
-        let a = probe_once(&host, &exec(&["pg_isready"]), &target(1)).await;
+        let host = SlowHost {
+            exec_delay: Duration::from_secs(60),
+        };
+        let a = probe_once(&host, &exec(&["pg_isready"]), &target("web-r1-0", 1)).await;
         assert_eq!(
             (a.ok, a.output.as_str()),
             (false, "`pg_isready` in web-r1-0 did not finish within 2s")
@@ -722,6 +394,20 @@ mod tests {
         let cut = one_line(&long);
         assert_eq!(cut.chars().count(), OUTPUT_CAP + 1);
         assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn a_wildcard_publish_address_is_probed_on_loopback() {
+        let t = target("web-r1-0", 20001);
+        assert_eq!(
+            t.resolve(&PortRef::Name("http".into())),
+            Some(("127.0.0.1", 20001))
+        );
+        assert_eq!(
+            t.resolve(&PortRef::Number(8080)),
+            Some(("127.0.0.1", 20001))
+        );
+        assert_eq!(t.resolve(&PortRef::Number(20001)), None);
     }
 
     // ---- Tracker
@@ -824,206 +510,5 @@ mod tests {
         assert_eq!(t.verdict().last_output, "");
         t.observe(false, "counted", 11_000);
         assert_eq!(t.verdict().last_output, "counted");
-    }
-
-    // ---- Monitor
-
-    /// A test host whose exec probe passes while `healthy` is set.
-    fn switchable() -> (Arc<TestHost>, Arc<AtomicBool>) {
-        let healthy = Arc::new(AtomicBool::new(false));
-        let h = healthy.clone();
-        let mut host = TestHost::new();
-        host.on_exec = Box::new(move |line| {
-            if h.load(Ordering::SeqCst) {
-                ok(&format!("{line}: fine"))
-            } else {
-                failing(1, "", &format!("{line}: not yet"))
-            }
-        });
-        (Arc::new(host), healthy)
-    }
-
-    fn watch(container: &str, kind: ProbeKind, p: Probe) -> Watch {
-        Watch {
-            kind,
-            probe: p,
-            target: Target {
-                container: container.into(),
-                ports: vec![],
-            },
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_monitor_reports_flips_at_the_thresholds() {
-        let (host, healthy) = switchable();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let monitor = Monitor::with_notify(host.clone(), tx);
-        let t0 = Instant::now();
-        monitor.set_targets(
-            "web",
-            vec![watch("web-r1-0", ProbeKind::Readiness, exec(&["check"]))],
-        );
-        let first = monitor.snapshot("web-r1-0").unwrap();
-        assert_eq!((first.ready, first.live), (None, None));
-
-        // Attempts at 0 s, 1 s, 2 s fail: unhealthy at the third (failureThreshold 3).
-        let flip = rx.recv().await.unwrap();
-        assert_eq!(t0.elapsed(), Duration::from_secs(2));
-        assert_eq!(
-            flip,
-            Flip {
-                env: "web".into(),
-                container: "web-r1-0".into(),
-                kind: ProbeKind::Readiness,
-                healthy: false
-            }
-        );
-        let h = monitor.snapshot("web-r1-0").unwrap();
-        assert_eq!(h.ready, Some(false));
-        assert_eq!(h.last_output, "exit 1: web-r1-0: check: not yet");
-
-        healthy.store(true, Ordering::SeqCst);
-        let flip = rx.recv().await.unwrap();
-        assert_eq!(t0.elapsed(), Duration::from_secs(3));
-        assert!(flip.healthy);
-        let h = monitor.snapshot("web-r1-0").unwrap();
-        assert_eq!(h.ready, Some(true));
-        assert_eq!(h.last_output, "web-r1-0: check: fine");
-        assert_eq!(h.since - first.since, 3000);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_first_probe_waits_for_the_initial_delay() {
-        let (host, healthy) = switchable();
-        healthy.store(true, Ordering::SeqCst);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let monitor = Monitor::with_notify(host.clone(), tx);
-        let mut p = exec(&["check"]);
-        p.initial_delay = D::secs(30);
-        let t0 = Instant::now();
-        monitor.set_targets("web", vec![watch("web-r1-0", ProbeKind::Liveness, p)]);
-        let flip = rx.recv().await.unwrap();
-        assert_eq!(t0.elapsed(), Duration::from_secs(30));
-        assert_eq!((flip.kind, flip.healthy), (ProbeKind::Liveness, true));
-        assert_eq!(host.log().len(), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn removed_targets_stop_probing_and_are_forgotten() {
-        let (host, _) = switchable();
-        let monitor = Monitor::new(host.clone());
-        monitor.set_targets(
-            "web",
-            vec![
-                watch("web-r1-0", ProbeKind::Readiness, exec(&["a"])),
-                watch("web-r1-0", ProbeKind::Liveness, exec(&["b"])),
-                watch("web-r1-1", ProbeKind::Readiness, exec(&["a"])),
-            ],
-        );
-        monitor.set_targets(
-            "api",
-            vec![watch("api-r1-0", ProbeKind::Readiness, exec(&["a"]))],
-        );
-        tokio::time::sleep(Duration::from_millis(4500)).await;
-        // Five attempts each (0..=4 s).
-        assert_eq!(host.log().len(), 4 * 5);
-
-        monitor.set_targets(
-            "web",
-            vec![watch("web-r1-1", ProbeKind::Readiness, exec(&["a"]))],
-        );
-        assert!(monitor.snapshot("web-r1-0").is_none());
-        assert!(monitor.snapshot("web-r1-1").is_some());
-        assert!(
-            monitor.snapshot("api-r1-0").is_some(),
-            "another env is untouched"
-        );
-        let before = host.log().len();
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let after: Vec<String> = host.log()[before..].to_vec();
-        assert_eq!(after.len(), 2 * 10);
-        assert!(
-            after.iter().all(|l| !l.starts_with("web-r1-0")),
-            "{after:?}"
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_unchanged_watch_keeps_its_history_and_a_changed_one_starts_afresh() {
-        let (host, _) = switchable();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let monitor = Monitor::with_notify(host.clone(), tx);
-        let w = watch("web-r1-0", ProbeKind::Readiness, exec(&["a"]));
-        monitor.set_targets("web", vec![w.clone()]);
-        tokio::time::sleep(Duration::from_millis(1500)).await; // two failures
-        monitor.set_targets("web", vec![w.clone()]);
-        assert!(!rx.recv().await.unwrap().healthy); // the third, at 2 s
-        assert_eq!(monitor.snapshot("web-r1-0").unwrap().ready, Some(false));
-
-        let mut changed = w.clone();
-        changed.probe.failure_threshold = 5;
-        monitor.set_targets("web", vec![changed]);
-        assert_eq!(monitor.snapshot("web-r1-0").unwrap().ready, None);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn dropping_the_monitor_stops_every_probe() {
-        let (host, _) = switchable();
-        let monitor = Monitor::new(host.clone());
-        monitor.set_targets(
-            "web",
-            vec![watch("web-r1-0", ProbeKind::Liveness, exec(&["a"]))],
-        );
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        drop(monitor);
-        let n = host.log().len();
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        assert_eq!(host.log().len(), n);
-        assert_eq!(Arc::strong_count(&host), 1, "the tasks let go of the host");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_snapshot_answers_while_a_probe_hangs() {
-        let mut host = TestHost::new();
-        host.exec_delay = Duration::from_secs(3600);
-        let monitor = Monitor::new(Arc::new(host));
-        let mut p = exec(&["slow"]);
-        p.failure_threshold = 1;
-        monitor.set_targets("web", vec![watch("web-r1-0", ProbeKind::Readiness, p)]);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(monitor.snapshot("web-r1-0").unwrap().ready, None);
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let h = monitor.snapshot("web-r1-0").unwrap();
-        assert_eq!(h.ready, Some(false));
-        assert_eq!(h.last_output, "`slow` in web-r1-0 did not finish within 2s");
-    }
-
-    #[test]
-    fn the_worst_state_explains_itself() {
-        let v = |healthy, out: &str| {
-            Some(Verdict {
-                healthy,
-                last_output: out.into(),
-            })
-        };
-        let e = Entry {
-            ready: v(Some(false), "not ready"),
-            live: v(Some(true), "alive"),
-            since: 0,
-        };
-        assert_eq!(e.health().last_output, "not ready");
-        let e = Entry {
-            ready: v(Some(false), "not ready"),
-            live: v(None, "live undecided"),
-            since: 0,
-        };
-        assert_eq!(e.health().last_output, "live undecided");
-        let e = Entry {
-            ready: v(Some(true), "ready"),
-            live: v(Some(true), "alive"),
-            since: 0,
-        };
-        assert_eq!(e.health().last_output, "ready");
     }
 }

@@ -99,9 +99,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::exec::test_host::{response, serve, TestHost};
+    use crate::host::fake::{http_response, FakeHost};
 
     const T: Duration = Duration::from_secs(5);
+    const PORT: u16 = 20001;
 
     fn check(method: &str, path: &str, expect_status: u16) -> SmokeCheck {
         SmokeCheck {
@@ -115,48 +116,54 @@ mod tests {
         }
     }
 
-    fn app(req: &str) -> Vec<u8> {
-        if req.starts_with("POST /rows ") {
-            let body = req.split("\r\n\r\n").nth(1).unwrap_or("");
-            if body.is_empty() {
-                response(400, "empty row")
+    /// A fake host whose port [`PORT`] answers like the demo app.
+    fn app() -> FakeHost {
+        let fake = FakeHost::new("h");
+        fake.serve(PORT, |req| {
+            let req = String::from_utf8_lossy(req);
+            if req.starts_with("POST /rows ") {
+                match req.split("\r\n\r\n").nth(1) {
+                    Some(body) if !body.is_empty() => http_response(201, "{\"id\":7}"),
+                    _ => http_response(400, "empty row"),
+                }
+            } else if req.starts_with("GET /version ") {
+                let v2 = req.to_ascii_lowercase().contains("x-want: v2\r\n");
+                http_response(
+                    200,
+                    if v2 {
+                        "{\"version\":\"v2\"}"
+                    } else {
+                        "{\"version\":\"v1\"}"
+                    },
+                )
             } else {
-                response(201, "{\"id\":7}")
+                http_response(404, &format!("no route {}", "x".repeat(500)))
             }
-        } else if req.starts_with("GET /version ") {
-            let v = if req.to_ascii_lowercase().contains("x-want: v2\r\n") {
-                "v2"
-            } else {
-                "v1"
-            };
-            response(200, &format!("{{\"version\":\"{v}\"}}"))
-        } else {
-            response(404, &format!("no route {}", "x".repeat(500)))
-        }
+        });
+        fake
     }
 
     #[tokio::test]
     async fn passing_checks_send_method_body_and_headers() {
-        let srv = serve(app).await;
+        let fake = app();
         let mut post = check("POST", "/rows", 201);
         post.body = Some("hello".into());
         post.expect_body = Some("\"id\"".into());
         let mut version = check("GET", "/version", 200);
         version.headers.insert("X-Want".into(), "v2".into());
         version.expect_body = Some("\"v2\"".into());
-        run_smoke(&TestHost::new(), &[post, version], "127.0.0.1", srv.port, T)
+        run_smoke(&fake, &[post, version], "127.0.0.1", PORT, T)
             .await
             .unwrap();
-        assert_eq!(srv.requests().len(), 2);
+        assert_eq!(fake.count("connect 127.0.0.1:20001"), 2);
     }
 
     #[tokio::test]
     async fn a_wrong_status_names_the_check_and_quotes_the_answer() {
-        let srv = serve(app).await;
         let mut named = check("POST", "/rows", 200);
         named.name = Some("write a row".into());
         named.body = Some("x".into());
-        let err = run_smoke(&TestHost::new(), &[named], "127.0.0.1", srv.port, T)
+        let err = run_smoke(&app(), &[named], "127.0.0.1", PORT, T)
             .await
             .unwrap_err();
         assert!(!err.is_retryable());
@@ -168,21 +175,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_substring_fails_and_a_long_body_is_quoted_in_part() {
-        let srv = serve(app).await;
+        let fake = app();
         let mut missing = check("GET", "/nowhere", 404);
         missing.expect_body = Some("found it".into());
         let first = check("GET", "/version", 200);
         let never = check("GET", "/never-run", 200);
-        let err = run_smoke(
-            &TestHost::new(),
-            &[first, missing, never],
-            "127.0.0.1",
-            srv.port,
-            T,
-        )
-        .await
-        .unwrap_err()
-        .to_string();
+        let err = run_smoke(&fake, &[first, missing, never], "127.0.0.1", PORT, T)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with(
                 "smoke check `GET /nowhere`: expected HTTP 404 with a body containing \"found it\", got HTTP 404: \"no route xxx"
@@ -191,29 +192,28 @@ mod tests {
         );
         assert!(err.ends_with("x…\""), "{err}");
         assert!(err.len() < 400, "{err}");
-        assert_eq!(srv.requests().len(), 2, "checks stop at the first failure");
+        assert_eq!(
+            fake.count("connect 127.0.0.1:20001"),
+            2,
+            "stops at the first failure"
+        );
     }
 
     #[tokio::test]
     async fn an_unreachable_candidate_is_a_retryable_failure_naming_the_check() {
-        let port = {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            l.local_addr().unwrap().port()
-        };
         let err = run_smoke(
-            &TestHost::new(),
+            &FakeHost::new("h"),
             &[check("GET", "/", 200)],
             "127.0.0.1",
-            port,
+            PORT,
             T,
         )
         .await
         .unwrap_err();
         assert!(err.is_retryable());
-        assert!(
-            err.to_string()
-                .starts_with("smoke check `GET /`: host test: port "),
-            "{err}"
+        assert_eq!(
+            err.to_string(),
+            "smoke check `GET /`: host h: port 20001: 127.0.0.1: Connection refused"
         );
     }
 }

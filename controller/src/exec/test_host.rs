@@ -1,8 +1,8 @@
-//! A tiny [`Host`] for the unit tests of probes, smoke checks and traffic: real TCP to
-//! loopback, in-memory files, and scripted commands; everything else is refused.
+//! For exec's unit tests: shared [`fixtures`], and what
+//! [`FakeHost`](crate::host::fake::FakeHost) cannot do — hang. `SlowHost` connects to real
+//! loopback ports (so a listener that never answers can be reached) and takes
+//! `exec_delay` of Tokio's time for every exec; everything else is refused.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,69 +11,22 @@ use futures_util::stream::BoxStream;
 use crate::host::{Conn, ContainerEvent, Created, Host, HostError, Output, Result};
 use crate::model::{ContainerInfo, ContainerSpec};
 
-type Script = Box<dyn Fn(&str) -> Result<Output> + Send + Sync>;
-
-pub(crate) struct TestHost {
-    pub files: Mutex<BTreeMap<String, Vec<u8>>>,
-    /// Every `run` command and every `exec` (as `<container>: <args joined>`), in order.
-    pub log: Mutex<Vec<String>>,
-    /// Answers `run(command)`.
-    pub on_run: Script,
-    /// Answers `exec(container, cmd)`, given `<container>: <args joined>`.
-    pub on_exec: Script,
-    /// How long each `exec` takes (on Tokio's clock).
+pub(crate) struct SlowHost {
     pub exec_delay: Duration,
-}
-
-pub(crate) fn ok(stdout: &str) -> Result<Output> {
-    Ok(Output {
-        exit_code: 0,
-        stdout: stdout.into(),
-        stderr: String::new(),
-    })
-}
-
-impl TestHost {
-    pub fn new() -> TestHost {
-        TestHost {
-            files: Mutex::default(),
-            log: Mutex::default(),
-            on_run: Box::new(|_| ok("")),
-            on_exec: Box::new(|_| ok("")),
-            exec_delay: Duration::ZERO,
-        }
-    }
-
-    pub fn log(&self) -> Vec<String> {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    pub fn file(&self, path: &str) -> Option<String> {
-        let files = self.files.lock().ok()?;
-        files
-            .get(path)
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-    }
-
-    fn record(&self, line: String) {
-        if let Ok(mut l) = self.log.lock() {
-            l.push(line);
-        }
-    }
 }
 
 fn refused<T>(what: &str) -> Result<T> {
     Err(HostError::Command {
-        host: "test".into(),
+        host: "slow".into(),
         command: what.into(),
         message: "not supported by the test host".into(),
     })
 }
 
 #[async_trait]
-impl Host for TestHost {
+impl Host for SlowHost {
     fn name(&self) -> &str {
-        "test"
+        "slow"
     }
     async fn list(&self, _: &str) -> Result<Vec<ContainerInfo>> {
         refused("list")
@@ -105,11 +58,9 @@ impl Host for TestHost {
     async fn remove_image(&self, _: &str) -> Result<()> {
         refused("remove_image")
     }
-    async fn exec(&self, container: &str, cmd: &[String]) -> Result<Output> {
-        let line = format!("{container}: {}", cmd.join(" "));
-        self.record(line.clone());
+    async fn exec(&self, _: &str, _: &[String]) -> Result<Output> {
         tokio::time::sleep(self.exec_delay).await;
-        (self.on_exec)(&line)
+        Ok(Output::default())
     }
     async fn exec_to_file(&self, _: &str, _: &[String], _: &str) -> Result<Output> {
         refused("exec_to_file")
@@ -123,33 +74,26 @@ impl Host for TestHost {
     async fn archive_from_file(&self, _: &str, _: &str, _: &str) -> Result<()> {
         refused("archive_from_file")
     }
-    async fn run(&self, command: &str) -> Result<Output> {
-        self.record(command.to_owned());
-        (self.on_run)(command)
+    async fn run(&self, _: &str) -> Result<Output> {
+        refused("run")
     }
-    async fn write_file(&self, path: &str, data: &[u8], _mode: u32) -> Result<()> {
-        if let Ok(mut f) = self.files.lock() {
-            f.insert(path.to_owned(), data.to_vec());
-        }
-        Ok(())
+    async fn write_file(&self, _: &str, _: &[u8], _: u32) -> Result<()> {
+        refused("write_file")
     }
-    async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.files.lock().ok().and_then(|f| f.get(path).cloned()))
+    async fn read_file(&self, _: &str) -> Result<Option<Vec<u8>>> {
+        refused("read_file")
     }
     async fn file_digest(&self, _: &str) -> Result<Option<(u64, String)>> {
         refused("file_digest")
     }
-    async fn remove_file(&self, path: &str) -> Result<()> {
-        if let Ok(mut f) = self.files.lock() {
-            f.remove(path);
-        }
-        Ok(())
+    async fn remove_file(&self, _: &str) -> Result<()> {
+        refused("remove_file")
     }
     async fn connect(&self, addr: &str, port: u16) -> Result<Box<dyn Conn>> {
         match tokio::net::TcpStream::connect((addr, port)).await {
             Ok(s) => Ok(Box::new(s)),
             Err(e) => Err(HostError::Connect {
-                host: "test".into(),
+                host: "slow".into(),
                 port,
                 message: e.to_string(),
             }),
@@ -160,85 +104,92 @@ impl Host for TestHost {
     }
 }
 
-/// A raw HTTP/1.1 server on 127.0.0.1:0 answering every request with `respond(request)`
-/// (the request's head and body as text); it stops when dropped.
-pub(crate) struct TestServer {
-    pub port: u16,
-    pub requests: std::sync::Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
+/// Probes, targets and a fake host with one replica, as the tests of `probe` and
+/// `monitor` use them.
+pub(crate) mod fixtures {
+    use berth_api::environment::{PortRef, PortSpec, Probe, ProbeAction};
+    use berth_api::values::Duration as D;
 
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+    use crate::exec::probe::Target;
+    use crate::host::fake::FakeHost;
+    use crate::host::Output;
+    use crate::model::{ContainerSpec, ContainerState, Role, Template};
 
-impl TestServer {
-    pub fn requests(&self) -> Vec<String> {
-        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
-    }
-}
-
-pub(crate) async fn serve(respond: fn(&str) -> Vec<u8>) -> TestServer {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0");
-    let port = listener.local_addr().expect("local addr").port();
-    let requests = std::sync::Arc::new(Mutex::new(Vec::new()));
-    let seen = requests.clone();
-    let task = tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Ok(n) = s.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).into_owned();
-                    let Some(end) = text.find("\r\n\r\n") else {
-                        continue;
-                    };
-                    let len = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse::<usize>().ok())?
-                        })
-                        .unwrap_or(0);
-                    if buf.len() < end + 4 + len {
-                        continue;
-                    }
-                    if let Ok(mut r) = seen.lock() {
-                        r.push(text.clone());
-                    }
-                    let _ = s.write_all(&respond(&text)).await;
-                    let _ = s.shutdown().await;
-                    return;
-                }
-            });
+    pub(crate) fn probe(action: ProbeAction) -> Probe {
+        Probe {
+            action,
+            interval: D::secs(1),
+            timeout: D::secs(2),
+            success_threshold: 1,
+            failure_threshold: 3,
+            initial_delay: D::secs(0),
         }
-    });
-    TestServer {
-        port,
-        requests,
-        task,
     }
-}
 
-/// A complete response with `Content-Length`.
-pub(crate) fn response(status: u16, body: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    pub(crate) fn http(path: &str, port: PortRef) -> Probe {
+        probe(ProbeAction::Http {
+            path: path.into(),
+            port,
+        })
+    }
+
+    pub(crate) fn ready() -> Probe {
+        http("/ready", PortRef::Name("http".into()))
+    }
+
+    pub(crate) fn exec(cmd: &[&str]) -> Probe {
+        probe(ProbeAction::Exec {
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    /// `container` with port `http` (container 8080) published on `host_port`.
+    pub(crate) fn target(container: &str, host_port: u16) -> Target {
+        let ports = [PortSpec {
+            name: "http".into(),
+            container_port: 8080,
+            publish: "0.0.0.0".into(),
+        }];
+        Target::new(container, &ports, &[host_port])
+    }
+
+    pub(crate) fn output(exit_code: i64, stdout: &str, stderr: &str) -> Output {
+        Output {
+            exit_code,
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        }
+    }
+
+    /// A fake host running `web-r1-0`.
+    pub(crate) fn with_container(state: ContainerState) -> FakeHost {
+        let template = Template {
+            image: "app:v1".into(),
+            command: None,
+            args: None,
+            env: Default::default(),
+            env_files: vec![],
+            ports: vec![(8080, "127.0.0.1".into())],
+            volumes: vec![],
+            networks: vec![],
+        };
+        let fake = FakeHost::new("h");
+        fake.add_container(
+            &ContainerSpec {
+                name: "web-r1-0".into(),
+                env_name: "web".into(),
+                revision: 1,
+                role: Role::App,
+                replica: Some(0),
+                op: None,
+                template_hash: template.hash(),
+                template,
+                host_ports: vec![20001],
+                override_args: None,
+                aliases: vec![],
+            },
+            state,
+        );
+        fake
+    }
 }

@@ -206,8 +206,7 @@ fn said(out: &Output) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::test_host::{ok, TestHost};
-    use crate::host::HostError;
+    use crate::host::fake::FakeHost;
 
     const FILE: &str = "/etc/nginx/upstreams/web.conf";
 
@@ -222,6 +221,19 @@ mod tests {
 
     fn b(addr: &str, port: u16) -> (String, u16) {
         (addr.to_owned(), port)
+    }
+
+    fn file(fake: &FakeHost) -> Option<String> {
+        fake.file(FILE)
+            .map(|f| String::from_utf8_lossy(&f).into_owned())
+    }
+
+    fn failing(stderr: &str) -> Output {
+        Output {
+            exit_code: 1,
+            stdout: String::new(),
+            stderr: stderr.into(),
+        }
     }
 
     #[test]
@@ -268,9 +280,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_file_is_written_tested_and_reloaded_once() {
-        let host = TestHost::new();
+        let fake = FakeHost::new("h");
         let desired = render_upstream("web", &[b("127.0.0.1", 20001)]);
-        let a = apply_nginx(&host, &cfg(), &desired).await.unwrap();
+        let a = apply_nginx(&fake, &cfg(), &desired).await.unwrap();
         assert_eq!(
             a,
             Applied {
@@ -278,36 +290,41 @@ mod tests {
                 previous: None
             }
         );
-        assert_eq!(host.file(FILE).as_deref(), Some(desired.as_str()));
-        assert_eq!(host.log(), ["nginx -t", "nginx -s reload"]);
+        assert_eq!(file(&fake).as_deref(), Some(desired.as_str()));
+        assert_eq!(fake.file_mode(FILE), Some(0o644));
+        assert_eq!(
+            fake.mutations(),
+            [
+                "write_file /etc/nginx/upstreams/web.conf",
+                "run nginx -t",
+                "run nginx -s reload"
+            ]
+        );
 
-        let again = apply_nginx(&host, &cfg(), &desired).await.unwrap();
+        let again = apply_nginx(&fake, &cfg(), &desired).await.unwrap();
         assert!(!again.changed);
         assert_eq!(again.previous.as_deref(), Some(desired.as_str()));
-        assert_eq!(host.log().len(), 2, "the same content is not reloaded");
         assert_eq!(
-            current_upstream(&host, &cfg()).await.unwrap(),
+            fake.mutations().len(),
+            3,
+            "the same content is not written again"
+        );
+        assert_eq!(
+            current_upstream(&fake, &cfg()).await.unwrap(),
             Some(desired)
         );
     }
 
     #[tokio::test]
     async fn a_rejected_file_is_rolled_back_and_the_error_quotes_nginx() {
-        let mut host = TestHost::new();
-        host.on_run = Box::new(|cmd| {
-            if cmd == "nginx -t" {
-                Ok(crate::host::Output {
-                    exit_code: 1,
-                    stdout: String::new(),
-                    stderr: "nginx: [emerg] unexpected end of file, expecting \"}\" in /etc/nginx/upstreams/web.conf:3\nnginx: configuration file /etc/nginx/nginx.conf test failed\n".into(),
-                })
-            } else {
-                ok("")
-            }
-        });
+        let fake = FakeHost::new("h");
+        fake.on_command(
+            "nginx -t",
+            failing("nginx: [emerg] unexpected end of file, expecting \"}\" in /etc/nginx/upstreams/web.conf:3\nnginx: configuration file /etc/nginx/nginx.conf test failed\n"),
+        );
         let old = render_upstream("web", &[b("127.0.0.1", 20001)]);
-        host.write_file(FILE, old.as_bytes(), 0o644).await.unwrap();
-        let err = apply_nginx(&host, &cfg(), "upstream web {\n  server")
+        fake.put_file(FILE, old.as_bytes());
+        let err = apply_nginx(&fake, &cfg(), "upstream web {\n  server")
             .await
             .unwrap_err();
         assert!(!err.is_retryable());
@@ -317,52 +334,64 @@ mod tests {
              nginx: [emerg] unexpected end of file, expecting \"}\" in /etc/nginx/upstreams/web.conf:3 | \
              nginx: configuration file /etc/nginx/nginx.conf test failed; the previous file was put back"
         );
-        assert_eq!(host.file(FILE), Some(old));
-        assert_eq!(host.log(), ["nginx -t"], "never reloaded");
+        assert_eq!(file(&fake), Some(old));
+        assert_eq!(fake.count("run nginx -s reload"), 0, "never reloaded");
     }
 
     #[tokio::test]
     async fn a_rejected_first_file_is_removed() {
-        let mut host = TestHost::new();
-        host.on_run = Box::new(|_| {
-            Ok(crate::host::Output {
-                exit_code: 1,
-                ..Default::default()
-            })
-        });
-        let err = apply_nginx(&host, &cfg(), "bad").await.unwrap_err();
+        let fake = FakeHost::new("h");
+        fake.on_command("nginx -t", failing(""));
+        let err = apply_nginx(&fake, &cfg(), "bad").await.unwrap_err();
         assert!(
             err.to_string()
                 .ends_with("exit 1 (no output); the new file was removed"),
             "{err}"
         );
-        assert_eq!(host.file(FILE), None);
+        assert_eq!(file(&fake), None);
     }
 
     #[tokio::test]
     async fn a_failed_reload_puts_the_old_file_back_so_a_retry_reloads() {
-        let mut host = TestHost::new();
-        host.on_run = Box::new(|cmd| {
-            if cmd.contains("reload") {
-                Err(HostError::Command {
-                    host: "test".into(),
-                    command: cmd.into(),
-                    message: "connection lost".into(),
-                })
-            } else {
-                ok("")
-            }
-        });
+        let fake = FakeHost::new("h");
+        fake.on_command(
+            "nginx -s reload",
+            failing("nginx: [error] invalid PID number \"\" in \"/run/nginx.pid\""),
+        );
         let old = render_upstream("web", &[b("127.0.0.1", 20001)]);
-        host.write_file(FILE, old.as_bytes(), 0o644).await.unwrap();
+        fake.put_file(FILE, old.as_bytes());
         let new = render_upstream("web", &[b("127.0.0.1", 20002)]);
-        let err = apply_nginx(&host, &cfg(), &new).await.unwrap_err();
+        let err = apply_nginx(&fake, &cfg(), &new).await.unwrap_err();
         assert!(err.is_retryable());
         assert_eq!(
             err.to_string(),
-            "nginx reload for /etc/nginx/upstreams/web.conf: host test: `nginx -s reload`: \
-             connection lost; the previous file was put back"
+            "nginx reload for /etc/nginx/upstreams/web.conf: `nginx -s reload` failed: exit 1: \
+             nginx: [error] invalid PID number \"\" in \"/run/nginx.pid\"; the previous file was put back"
         );
-        assert_eq!(host.file(FILE), Some(old));
+        assert_eq!(file(&fake), Some(old));
+
+        fake.on_command("nginx -s reload", Output::default());
+        assert!(apply_nginx(&fake, &cfg(), &new).await.unwrap().changed);
+        assert_eq!(fake.count("run nginx -s reload"), 2);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_cannot_be_put_back_is_not_retried() {
+        let fake = FakeHost::new("h");
+        fake.on_command("nginx -s reload", failing("nginx: [error] no pid"));
+        // Calls: write the new file, test, reload, put the old file back (fails).
+        fake.fail_call(4);
+        fake.put_file(FILE, b"old");
+        let err = apply_nginx(&fake, &cfg(), "new").await.unwrap_err();
+        assert!(
+            !err.is_retryable(),
+            "a reload alone would be retried, not this"
+        );
+        assert!(
+            err.to_string().contains(
+                "exit 1: nginx: [error] no pid; AND restoring the previous file failed: "
+            ),
+            "{err}"
+        );
     }
 }
