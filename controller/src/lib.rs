@@ -10,7 +10,11 @@
 //! - `reconcile`: the loop — work queue, triggers, backoff.
 //! - `source`: where desired state comes from (a watched directory).
 
+pub mod exec;
 pub mod host;
 pub mod model;
 pub mod op;
+pub mod plan;
+pub mod reconcile;
+pub mod source;
 pub mod store;

@@ -336,7 +336,8 @@ impl Operation {
                                 retryable: false,
                                 ..
                             },
-                            StepState::Running { .. },
+                            // Giving up on a step that kept failing: no new attempt is made.
+                            StepState::Running { .. } | StepState::Retrying { .. },
                         ) => StepState::Failed {
                             at: ev.at,
                             error: error.clone(),

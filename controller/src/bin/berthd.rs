@@ -1,12 +1,16 @@
-//! `berthd`: the controller daemon.
-//!
-//! The reconciliation engine is not built yet. Until it is, berthd checks its manifests
-//! and refuses to start, rather than pretend to reconcile.
+//! `berthd`: the controller daemon. Keeps what runs on each host equal to the manifests.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
+use berth_api::values::Duration as BerthDuration;
+use berth_controller::reconcile::Controller;
+use berth_controller::source;
+use berth_controller::store::Store;
+use clap::{Parser, ValueEnum};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(name = "berthd", version, about = "The Berth controller daemon")]
@@ -14,18 +18,134 @@ struct Args {
     /// The desired-state directory (or file).
     #[arg(long, value_name = "DIR")]
     manifests: PathBuf,
+    /// Reload the manifests when they change (debounced).
+    #[arg(long)]
+    watch: bool,
+    /// Where the journal lives.
+    #[arg(long, value_name = "DIR", default_value = ".berth")]
+    state: PathBuf,
+    /// How often every environment is looked at without a trigger.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    resync: BerthDuration,
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let loaded = berth_api::load_path(&args.manifests);
-    if loaded.has_errors() {
-        eprint!("{}", loaded.sources.render(&loaded.diagnostics, false));
-        return ExitCode::FAILURE;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
-    eprintln!(
-        "berthd: {} is valid, but the reconciliation engine is not built yet; not starting",
-        args.manifests.display()
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("berthd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    let snapshot = match source::load(&args.manifests) {
+        Ok(s) => s,
+        Err(loaded) => {
+            eprint!("{}", loaded.sources.render(&loaded.diagnostics, false));
+            error!(
+                "{}: invalid manifests; not starting",
+                args.manifests.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = match Store::open(&args.state) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot open the state in {}: {e}", args.state.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    for r in store.repairs() {
+        warn!("journal repaired on open: {r:?}");
+    }
+    info!(
+        manifests = %args.manifests.display(),
+        state = %args.state.display(),
+        commit = snapshot.commit.as_deref().unwrap_or("-"),
+        "berthd starting: {} hosts, {} environments",
+        snapshot.manifests.hosts.len(),
+        snapshot.manifests.environments.len()
     );
-    ExitCode::from(2)
+    let resync: Duration = args.resync.0.max(Duration::from_secs(1));
+    let ctl = Controller::new(store, snapshot, resync);
+
+    let _watch = if args.watch {
+        match source::watch(&args.manifests, Duration::from_millis(200)) {
+            Ok(w) => {
+                let ctl = ctl.clone();
+                let dir = args.manifests.clone();
+                tokio::spawn(async move {
+                    // Moved whole: the watcher inside must live as long as this task (a
+                    // capture of `w.changes` alone would drop it and end the watch).
+                    let mut w = w;
+                    while w.changes.recv().await.is_some() {
+                        match source::load(&dir) {
+                            Ok(s) => {
+                                info!(
+                                    commit = s.commit.as_deref().unwrap_or("-"),
+                                    "manifests reloaded"
+                                );
+                                ctl.set_desired(s);
+                            }
+                            Err(loaded) => {
+                                // Keep what runs: a broken edit is reported, not applied.
+                                let errors: Vec<String> =
+                                    loaded.errors().map(|d| d.to_string()).collect();
+                                warn!("manifests changed but are invalid; keeping the previous desired state:\n{}", errors.join("\n"));
+                            }
+                        }
+                    }
+                });
+                Some(())
+            }
+            Err(e) => {
+                error!("cannot watch {}: {e}", args.manifests.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    error!("cannot listen for SIGTERM: {e}");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT"),
+        }
+        let _ = stop_tx.send(true);
+    });
+    ctl.run(stop_rx).await;
+    info!("stopped; the journal is resumable");
+    ExitCode::SUCCESS
 }

@@ -11,6 +11,10 @@
 //! - Nothing here retries: errors say whether a retry may help ([`HostError::is_retryable`]),
 //!   and the reconciler decides.
 
+pub(crate) mod engine;
+pub mod fake;
+pub mod local;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -87,6 +91,18 @@ pub enum HostError {
 }
 
 impl HostError {
+    /// The engine could not publish a host port another process or container holds: the
+    /// caller picks another port and recreates the container.
+    pub fn is_port_taken(&self) -> bool {
+        match self {
+            HostError::Docker { message, .. } => {
+                message.contains("port is already allocated")
+                    || message.contains("address already in use")
+            }
+            _ => false,
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             HostError::Unreachable { .. } | HostError::Connect { .. } => true,
@@ -138,14 +154,17 @@ pub trait Host: Send + Sync + 'static {
     async fn exec(&self, container: &str, cmd: &[String]) -> Result<Output>;
 
     /// Runs a command inside a running container with its stdout written to `path` on the
-    /// host (created with mode 0600). Used for database dumps.
+    /// host (created with mode 0600). Used for database dumps. `path` appears only once
+    /// the output is complete (written aside, then renamed), whatever the exit code.
+    /// Missing parent directories are created (mode 0700), as for every file written.
     async fn exec_to_file(&self, container: &str, cmd: &[String], path: &str) -> Result<Output>;
 
     /// Runs a command inside a running container with the host file `path` as its stdin.
     async fn exec_from_file(&self, container: &str, cmd: &[String], path: &str) -> Result<Output>;
 
     /// Writes a tar of `path` inside a container (running or not) to `file` on the host
-    /// (mode 0600). With a volume mounted there, this backs the volume up.
+    /// (mode 0600, complete or absent). With a volume mounted there, this backs the
+    /// volume up.
     async fn archive_to_file(&self, container: &str, path: &str, file: &str) -> Result<()>;
 
     /// Unpacks the tar `file` on the host into `path` inside a container.
@@ -154,7 +173,8 @@ pub trait Host: Send + Sync + 'static {
     /// Runs `sh -c <command>` on the host (nginx reloads, backup commands).
     async fn run(&self, command: &str) -> Result<Output>;
 
-    /// Writes a file on the host atomically (temporary file, fsync, rename).
+    /// Writes a file on the host atomically (temporary file, fsync, rename), with exactly
+    /// `mode` (not filtered by the umask), creating missing parent directories (0700).
     async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<()>;
 
     /// Reads a file on the host; `None` when it does not exist.

@@ -122,6 +122,17 @@ pub async fn run(cfg: &Config) -> Result<(), String> {
         .collect();
     let target = cfg.version.target_schema();
     let todo = pending(&applied, target);
+    if !todo.is_empty() {
+        // A test hook: a migration that takes a while, so a test can kill the controller
+        // while it runs (holding the lock, as a real long migration would).
+        if let Some(secs) = std::env::var("DEMO_MIGRATE_DELAY")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        {
+            println!("migrating slowly: waiting {secs}s first (DEMO_MIGRATE_DELAY)");
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+        }
+    }
     if todo.is_empty() {
         let current = applied.iter().max().copied();
         println!(

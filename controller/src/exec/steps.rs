@@ -1,0 +1,562 @@
+//! The step runner: performs one step of an operation, or one drift repair, against the
+//! environment's host. Every step observes first and does only what is missing, so a step
+//! re-run after a crash finishes the work instead of repeating it.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use berth_api::environment::{EnvironmentSpec, Traffic};
+use berth_api::HostSpec;
+
+use crate::exec::backup::{self, Catalogued, ResolvedSource};
+use crate::exec::containers::{allocate_ports, migrate_spec, replica_spec, revisions_to_prune};
+use crate::exec::migrate::{self, Progress};
+use crate::exec::{smoke, traffic, ExecError};
+use crate::host::{Created, Host};
+use crate::model::{
+    replica_name, ContainerInfo, ContainerSpec, ContainerState, Revision, Role, Template,
+};
+use crate::op::{Millis, Operation, Status, Step, StepOutput, StepState};
+use crate::plan::Repair;
+use crate::store::{BackupRecord, Store};
+
+/// How long a replica gets to stop cleanly.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+const SMOKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What running a step came to.
+#[derive(Debug)]
+pub enum StepResult {
+    Done(StepOutput),
+    /// Started and still going (a migration running, a soak under way): ask again later.
+    Pending {
+        recheck: Duration,
+        message: String,
+    },
+}
+
+/// Everything a step may need, resolved by the reconciler.
+pub struct Ctx<'a> {
+    pub host: &'a dyn Host,
+    pub host_spec: &'a HostSpec,
+    pub store: &'a Store,
+    pub env: &'a str,
+    /// The spec being rolled out (the desired one; for an undo, the target revision's).
+    pub spec: &'a EnvironmentSpec,
+    pub template: &'a Template,
+    /// The previous revision's template, to start it again on rollback.
+    pub old_template: Option<&'a Template>,
+    pub op: Option<&'a Operation>,
+    pub status: Option<&'a Status>,
+    pub now: Millis,
+}
+
+impl Ctx<'_> {
+    fn op(&self) -> Result<(&Operation, &Status), ExecError> {
+        match (self.op, self.status) {
+            (Some(o), Some(s)) => Ok((o, s)),
+            _ => Err(ExecError::failed("step", "no active operation", false)),
+        }
+    }
+
+    async fn containers(&self) -> Result<Vec<ContainerInfo>, ExecError> {
+        Ok(self.host.list(self.env).await?)
+    }
+
+    fn failed(&self, what: &str, message: impl Into<String>, retryable: bool) -> ExecError {
+        ExecError::failed(format!("{} {what}", self.env), message, retryable)
+    }
+}
+
+/// Performs `step` of the active operation.
+pub async fn run_step(cx: &Ctx<'_>, step: Step) -> Result<StepResult, ExecError> {
+    let (op, st) = cx.op()?;
+    let done = |o| Ok(StepResult::Done(o));
+    match step {
+        // Timed steps are decided by the planner; running them only marks their start.
+        Step::AwaitApproval | Step::WaitReady | Step::WaitOldReady => Ok(StepResult::Pending {
+            recheck: Duration::from_millis(500),
+            message: format!("{} started", step.name()),
+        }),
+        Step::PullImage => {
+            let id = cx.host.pull(&cx.template.image).await?;
+            done(StepOutput::Image { id })
+        }
+        Step::Backup => take_backup(cx, op).await.map(StepResult::Done),
+        Step::CreateCandidate => {
+            for i in 0..cx.spec.replicas {
+                ensure_replica(cx, op.to, i, cx.template, Some(&op.id), false).await?;
+            }
+            done(StepOutput::None)
+        }
+        Step::StartCandidate => {
+            for i in 0..cx.spec.replicas {
+                ensure_replica(cx, op.to, i, cx.template, Some(&op.id), true).await?;
+            }
+            done(StepOutput::None)
+        }
+        Step::StopOld | Step::RetireOld => {
+            if let Some(from) = op.from {
+                stop_revision(cx, from).await?;
+            }
+            done(StepOutput::None)
+        }
+        Step::StopCandidate => {
+            stop_revision(cx, op.to).await?;
+            done(StepOutput::None)
+        }
+        Step::Migrate => run_migration(cx, op, st).await,
+        Step::SmokeCandidate => {
+            for c in revision_replicas(&cx.containers().await?, op.to, cx.spec.replicas) {
+                let port = c.port.ok_or_else(|| {
+                    cx.failed(
+                        "smoke check",
+                        format!("{} has no published port", c.name),
+                        false,
+                    )
+                })?;
+                smoke::run_smoke(
+                    cx.host,
+                    &cx.spec.smoke,
+                    publish_addr(cx.spec),
+                    port,
+                    SMOKE_TIMEOUT,
+                )
+                .await?;
+            }
+            done(StepOutput::None)
+        }
+        Step::SwitchTraffic => {
+            switch_to(cx, op.to).await?;
+            done(StepOutput::None)
+        }
+        Step::SwitchBack => {
+            switch_to(cx, op.from.unwrap_or(op.to)).await?;
+            done(StepOutput::None)
+        }
+        Step::Verify => {
+            // The soak itself is timed by the planner; what runs here is the smoke checks
+            // once more against the revision now serving.
+            if !cx.spec.smoke.is_empty() {
+                for c in revision_replicas(&cx.containers().await?, op.to, cx.spec.replicas) {
+                    if let Some(port) = c.port {
+                        smoke::run_smoke(
+                            cx.host,
+                            &cx.spec.smoke,
+                            publish_addr(cx.spec),
+                            port,
+                            SMOKE_TIMEOUT,
+                        )
+                        .await?;
+                    }
+                }
+            }
+            Ok(StepResult::Pending {
+                recheck: Duration::from_millis(500),
+                message: format!("verifying revision {}", op.to),
+            })
+        }
+        Step::RestoreDatabase => restore_database(cx, st).await.map(StepResult::Done),
+        Step::StartOld => {
+            let from = op
+                .from
+                .ok_or_else(|| cx.failed("rollback", "there is no old revision", false))?;
+            let template = cx.old_template.ok_or_else(|| {
+                cx.failed("rollback", format!("revision {from} has no record"), false)
+            })?;
+            for i in 0..cx.spec.replicas {
+                ensure_replica(cx, from, i, template, None, true).await?;
+            }
+            done(StepOutput::None)
+        }
+        Step::Prune => prune(cx, op).await.map(StepResult::Done),
+    }
+}
+
+fn publish_addr(spec: &EnvironmentSpec) -> &str {
+    match spec.ports.first().map(|p| p.publish.as_str()) {
+        Some("0.0.0.0") | None => "127.0.0.1",
+        Some(a) => a,
+    }
+}
+
+fn revision_replicas(all: &[ContainerInfo], rev: Revision, replicas: u32) -> Vec<&ContainerInfo> {
+    all.iter()
+        .filter(|c| {
+            c.role == Role::App && c.revision == rev && c.replica.is_some_and(|r| r < replicas)
+        })
+        .collect()
+}
+
+/// Makes replica `i` of `rev` exist with `template` (and run, if `start`). A container of
+/// that name with another template is replaced; one that cannot bind its port is created
+/// again on another port.
+pub async fn ensure_replica(
+    cx: &Ctx<'_>,
+    rev: Revision,
+    i: u32,
+    template: &Template,
+    op: Option<&str>,
+    start: bool,
+) -> Result<(), ExecError> {
+    let name = replica_name(cx.env, rev, i);
+    let mut refused: BTreeSet<u16> = BTreeSet::new();
+    for _ in 0..5 {
+        let existing = cx.host.inspect(&name).await?;
+        let needs_create = match &existing {
+            Some(c) if c.template_hash == template.hash() && c.image == template.image => false,
+            Some(_) => {
+                cx.host.remove(&name).await?;
+                true
+            }
+            None => true,
+        };
+        if needs_create {
+            let spec = new_replica(cx, rev, i, template, op, &refused).await?;
+            if let Created::Existed(c) = cx.host.create(&spec).await? {
+                if c.template_hash != spec.template_hash {
+                    // Someone raced us with another template: go round again.
+                    continue;
+                }
+            }
+        }
+        if !start {
+            return Ok(());
+        }
+        let running = matches!(
+            existing,
+            Some(ContainerInfo {
+                state: ContainerState::Running,
+                ..
+            })
+        ) && !needs_create;
+        if running {
+            return Ok(());
+        }
+        match cx.host.start(&name).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_port_taken() => {
+                // Something outside Berth holds the port: give the replica another one.
+                if let Some(c) = cx.host.inspect(&name).await? {
+                    if let Some(p) = c.port {
+                        refused.insert(p);
+                    }
+                }
+                cx.host.remove(&name).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(cx.failed(
+        "replica",
+        format!("{name}: could not find a free port to publish on"),
+        true,
+    ))
+}
+
+async fn new_replica(
+    cx: &Ctx<'_>,
+    rev: Revision,
+    i: u32,
+    template: &Template,
+    op: Option<&str>,
+    refused: &BTreeSet<u16>,
+) -> Result<ContainerSpec, ExecError> {
+    let mut used: BTreeSet<u16> = cx
+        .host
+        .list_all()
+        .await?
+        .iter()
+        .filter_map(|c| c.port)
+        .collect();
+    used.extend(refused);
+    let ports =
+        allocate_ports(cx.host_spec.port_range, &used, template.ports.len()).ok_or_else(|| {
+            cx.failed(
+                "replica",
+                format!("no free port left in {}", cx.host_spec.port_range),
+                true,
+            )
+        })?;
+    Ok(replica_spec(cx.env, rev, i, template, ports, op))
+}
+
+async fn stop_revision(cx: &Ctx<'_>, rev: Revision) -> Result<(), ExecError> {
+    for c in cx.containers().await? {
+        if c.role == Role::App && c.revision == rev && c.state == ContainerState::Running {
+            cx.host.stop(&c.name, STOP_GRACE).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Renders traffic to the replicas of `rev` that run now.
+async fn switch_to(cx: &Ctx<'_>, rev: Revision) -> Result<(), ExecError> {
+    let all = cx.containers().await?;
+    let mut ports: Vec<u16> = revision_replicas(&all, rev, cx.spec.replicas)
+        .iter()
+        .filter(|c| c.state == ContainerState::Running)
+        .filter_map(|c| c.port)
+        .collect();
+    ports.sort_unstable();
+    if ports.is_empty() {
+        return Err(cx.failed(
+            "traffic switch",
+            format!("revision {rev} has no running replica to send traffic to"),
+            true,
+        ));
+    }
+    sync_traffic(cx, &ports).await
+}
+
+/// Points the environment's traffic switch at exactly `ports`.
+pub async fn sync_traffic(cx: &Ctx<'_>, ports: &[u16]) -> Result<(), ExecError> {
+    match &cx.spec.traffic {
+        Traffic::None => Ok(()),
+        Traffic::Nginx(cfg) => {
+            let addr = publish_addr(cx.spec).to_owned();
+            let backends: Vec<(String, u16)> = ports.iter().map(|p| (addr.clone(), *p)).collect();
+            let desired = traffic::render_upstream(cx.env, &backends);
+            let applied = traffic::apply_nginx(cx.host, cfg, &desired).await?;
+            if !applied.changed {
+                // A crash may have come between the write and the reload: reloading
+                // again is harmless and makes sure nginx serves what the file says.
+                traffic::reload_nginx(cx.host, cfg).await?;
+            }
+            Ok(())
+        }
+        Traffic::Haproxy(_) => Err(cx.failed(
+            "traffic switch",
+            "the haproxy switch is not supported yet",
+            false,
+        )),
+    }
+}
+
+/// The traffic switch's ports now, if the file is exactly what Berth would write for them
+/// (`None`: missing, or edited by hand).
+pub async fn observe_traffic(
+    host: &dyn Host,
+    env: &str,
+    spec: &EnvironmentSpec,
+) -> Result<Option<Vec<u16>>, ExecError> {
+    match &spec.traffic {
+        Traffic::None | Traffic::Haproxy(_) => Ok(None),
+        Traffic::Nginx(cfg) => {
+            let Some(text) = traffic::current_upstream(host, cfg).await? else {
+                return Ok(None);
+            };
+            let backends = traffic::backends_in(&text);
+            if traffic::render_upstream(env, &backends) != text {
+                return Ok(None);
+            }
+            Ok(Some(backends.into_iter().map(|(_, p)| p).collect()))
+        }
+    }
+}
+
+async fn take_backup(cx: &Ctx<'_>, op: &Operation) -> Result<StepOutput, ExecError> {
+    let Some(b) = &cx.spec.backup else {
+        return Ok(StepOutput::Note("no backup configured".into()));
+    };
+    let Some(target) = &b.target else {
+        return Ok(StepOutput::Note("no backup target".into()));
+    };
+    // One backup per operation, named after it: a resumed step finds its own.
+    let id = op.id.clone();
+    if let Some(rec) = cx.store.backup(&id)? {
+        if backup::is_intact(cx.host, &rec.path, &rec.sha256).await? {
+            return Ok(backup_output(&rec));
+        }
+    }
+    let source = resolve_source(cx, target).await?;
+    let taken = backup::take(cx.host, cx.env, b, &id, &source).await?;
+    let rec = BackupRecord {
+        id: id.clone(),
+        env: cx.env.to_owned(),
+        op: Some(op.id.clone()),
+        revision: op.from,
+        path: taken.path,
+        size: taken.size,
+        sha256: taken.sha256,
+        created_at: cx.now,
+    };
+    cx.store.put_backup(&rec)?;
+    Ok(backup_output(&rec))
+}
+
+fn backup_output(rec: &BackupRecord) -> StepOutput {
+    StepOutput::Backup {
+        id: rec.id.clone(),
+        path: rec.path.clone(),
+        size: rec.size,
+        sha256: rec.sha256.clone(),
+    }
+}
+
+async fn resolve_source(
+    cx: &Ctx<'_>,
+    target: &berth_api::environment::BackupTarget,
+) -> Result<ResolvedSource, ExecError> {
+    // A database environment's current replica: the running app container of the
+    // newest revision (its journal is not ours to read here; running is what matters).
+    let mut db_replica = None;
+    if let berth_api::environment::BackupTarget::Postgres(pg) = target {
+        if let berth_api::environment::PostgresSource::Environment(e) = &pg.source {
+            db_replica = cx
+                .host
+                .list(e)
+                .await?
+                .into_iter()
+                .filter(|c| c.role == Role::App && c.state == ContainerState::Running)
+                .max_by_key(|c| c.revision)
+                .map(|c| c.name);
+        }
+    }
+    let rev = cx.op.map_or(0, |o| o.to);
+    ResolvedSource::resolve(target, |_| db_replica, &cx.template.image, rev)
+}
+
+async fn restore_database(cx: &Ctx<'_>, st: &Status) -> Result<StepOutput, ExecError> {
+    let Some(StepOutput::Backup {
+        id, path, sha256, ..
+    }) = st.output_of(Step::Backup)
+    else {
+        return Err(cx.failed("restore", "the rollout took no backup to restore", false));
+    };
+    let Some(b) = &cx.spec.backup else {
+        return Err(cx.failed("restore", "no backup is configured", false));
+    };
+    let Some(target) = &b.target else {
+        return Err(cx.failed("restore", "no backup target is configured", false));
+    };
+    let source = resolve_source(cx, target).await?;
+    let file = Catalogued { id, path, sha256 };
+    backup::restore(cx.host, cx.env, b, &file, &source).await?;
+    Ok(StepOutput::Note(format!("restored backup {id}")))
+}
+
+async fn run_migration(cx: &Ctx<'_>, op: &Operation, st: &Status) -> Result<StepResult, ExecError> {
+    let Some(command) = &cx.spec.migration.command else {
+        return Ok(StepResult::Done(StepOutput::Note(
+            "no migration command".into(),
+        )));
+    };
+    let since = match st.cursor() {
+        Some((
+            _,
+            Step::Migrate,
+            StepState::Running { since, .. } | StepState::Retrying { since, .. },
+        )) => *since,
+        _ => cx.now,
+    };
+    let spec = migrate_spec(cx.env, op.to, &op.id, cx.template, command);
+    match migrate::migrate(cx.host, &spec, since, cx.now, cx.spec.migration.timeout.0).await? {
+        Progress::Done { log_tail } => Ok(StepResult::Done(StepOutput::Migration {
+            exit_code: 0,
+            log_tail,
+        })),
+        Progress::Running { .. } => Ok(StepResult::Pending {
+            recheck: Duration::from_millis(500),
+            message: format!("migration {} running", spec.name),
+        }),
+        Progress::Failed {
+            exit_code,
+            log_tail,
+        } => Err(cx.failed(
+            "migration",
+            format!(
+                "{} exited with code {exit_code}: {}",
+                spec.name,
+                last_line(&log_tail)
+            ),
+            false,
+        )),
+        Progress::TimedOut { log_tail } => Err(cx.failed(
+            "migration",
+            format!(
+                "{} ran past its timeout of {} and was stopped: {}",
+                spec.name,
+                cx.spec.migration.timeout,
+                last_line(&log_tail)
+            ),
+            false,
+        )),
+    }
+}
+
+fn last_line(s: &str) -> &str {
+    s.trim_end().rsplit('\n').next().unwrap_or("")
+}
+
+async fn prune(cx: &Ctx<'_>, op: &Operation) -> Result<StepOutput, ExecError> {
+    let mut removed = Vec::new();
+    let revisions: Vec<Revision> = cx
+        .store
+        .revisions(cx.env)?
+        .iter()
+        .map(|r| r.revision)
+        .collect();
+    let gone = revisions_to_prune(&revisions, op.to, op.from, cx.spec.revision_history_limit);
+    let all = cx.containers().await?;
+    for rev in &gone {
+        let mut images = BTreeSet::new();
+        for c in all.iter().filter(|c| c.revision == *rev) {
+            cx.host.remove(&c.name).await?;
+            images.insert(c.image.clone());
+        }
+        for image in images {
+            cx.host.remove_image(&image).await?;
+        }
+        cx.store.remove_revision(cx.env, *rev)?;
+        removed.push(format!("revision {rev}"));
+    }
+    // Finished migration containers of this operation are not needed any more.
+    for c in all
+        .iter()
+        .filter(|c| c.role == Role::Migrate && c.state != ContainerState::Running)
+    {
+        migrate::cleanup(cx.host, &c.name).await?;
+    }
+    if let Some(b) = &cx.spec.backup {
+        let records = cx.store.backups(cx.env)?;
+        let files: Vec<Catalogued> = records
+            .iter()
+            .map(|r| Catalogued {
+                id: &r.id,
+                path: &r.path,
+                sha256: &r.sha256,
+            })
+            .collect();
+        for id in backup::prune(cx.host, &files, b.keep as usize).await? {
+            cx.store.remove_backup(&id)?;
+            removed.push(format!("backup {id}"));
+        }
+    }
+    Ok(StepOutput::Note(if removed.is_empty() {
+        "nothing to prune".into()
+    } else {
+        format!("removed {}", removed.join(", "))
+    }))
+}
+
+/// Performs a drift repair.
+pub async fn repair(cx: &Ctx<'_>, r: &Repair) -> Result<(), ExecError> {
+    match r {
+        Repair::StartReplica {
+            revision, replica, ..
+        } => ensure_replica(cx, *revision, *replica, cx.template, None, true).await,
+        Repair::ReplaceReplica {
+            name,
+            revision,
+            replica,
+            ..
+        } => {
+            cx.host.remove(name).await?;
+            ensure_replica(cx, *revision, *replica, cx.template, None, true).await
+        }
+        Repair::StopContainer { name, .. } => Ok(cx.host.stop(name, STOP_GRACE).await?),
+        Repair::RemoveContainer { name, .. } => Ok(cx.host.remove(name).await?),
+        Repair::SyncTraffic { ports, .. } => sync_traffic(cx, ports).await,
+    }
+}

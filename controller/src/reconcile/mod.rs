@@ -1,0 +1,304 @@
+//! The controller loop, level-triggered like Kubernetes: every trigger (a manifest change,
+//! a Docker event, a probe verdict flipping, the periodic resync) only enqueues an
+//! environment's name; reconciling one reads the desired spec, observes the host, asks
+//! [`plan`](crate::plan) for the next action, performs it, journals it, and requeues.
+//!
+//! # Guarantees
+//! - One environment is never reconciled twice at once ([`queue::Queue`]); environments
+//!   proceed in parallel, bounded per host by `maxParallel`.
+//! - A journal write that precedes a side effect is flushed before it (the store's rule).
+//! - An error never ends the loop: it is recorded, and the environment is retried with
+//!   exponential backoff and jitter.
+
+mod act;
+mod observe;
+pub mod queue;
+mod retry;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use berth_api::environment::EnvironmentSpec;
+use berth_api::values::Address;
+use berth_api::HostSpec;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::exec::probe::{Flip, Monitor};
+use crate::host::local::LocalHost;
+use crate::host::{Host, HostError};
+use crate::source::Snapshot;
+use crate::store::{EventKind, NewEvent, Store, StoreError};
+
+pub use act::now_millis;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Exec(#[from] crate::exec::ExecError),
+    #[error("environment {env}: {message}")]
+    Config { env: String, message: String },
+}
+
+/// A connected host, with the probe monitor watching its containers.
+#[derive(Clone)]
+struct Connected {
+    host: Arc<dyn Host>,
+    monitor: Arc<Monitor>,
+    limit: Arc<Semaphore>,
+}
+
+pub struct Controller {
+    store: Store,
+    desired: RwLock<Snapshot>,
+    hosts: tokio::sync::Mutex<HashMap<String, Connected>>,
+    queue: queue::Queue<String>,
+    backoff: Mutex<retry::Backoffs>,
+    flips: mpsc::UnboundedSender<Flip>,
+    flips_rx: Mutex<Option<mpsc::UnboundedReceiver<Flip>>>,
+    resync: Duration,
+}
+
+impl Controller {
+    pub fn new(store: Store, desired: Snapshot, resync: Duration) -> Arc<Controller> {
+        let (flips, flips_rx) = mpsc::unbounded_channel();
+        Arc::new(Controller {
+            store,
+            desired: RwLock::new(desired),
+            hosts: tokio::sync::Mutex::new(HashMap::new()),
+            queue: queue::Queue::default(),
+            backoff: Mutex::new(retry::Backoffs::default()),
+            flips,
+            flips_rx: Mutex::new(Some(flips_rx)),
+            resync,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.desired
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the desired state (a valid reload) and enqueues every environment.
+    pub fn set_desired(&self, snapshot: Snapshot) {
+        let names: Vec<String> = snapshot.manifests.environments.keys().cloned().collect();
+        *self.desired.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        for n in names {
+            self.queue.schedule_now(n);
+        }
+    }
+
+    pub fn enqueue(&self, env: &str) {
+        self.queue.schedule_now(env.to_owned());
+    }
+
+    pub fn event(
+        &self,
+        env: &str,
+        kind: EventKind,
+        reason: &str,
+        message: String,
+        op: Option<String>,
+    ) {
+        match kind {
+            EventKind::Normal => info!(env, reason, "{message}"),
+            EventKind::Warning => warn!(env, reason, "{message}"),
+        }
+        let ev = NewEvent {
+            at: now_millis(),
+            env: env.to_owned(),
+            kind,
+            reason: reason.to_owned(),
+            message,
+            op,
+        };
+        if let Err(e) = self.store.record(ev) {
+            warn!(env, "could not record an event: {e}");
+        }
+    }
+
+    /// The host an environment runs on, connected on first use.
+    async fn host(
+        self: &Arc<Self>,
+        name: &str,
+        spec: &HostSpec,
+    ) -> Result<Connected, ReconcileError> {
+        let mut hosts = self.hosts.lock().await;
+        if let Some(c) = hosts.get(name) {
+            return Ok(c.clone());
+        }
+        let host: Arc<dyn Host> = match spec.address {
+            Address::Local => Arc::new(LocalHost::connect(name, spec).await?),
+            Address::Ssh { .. } => {
+                return Err(ReconcileError::Config {
+                    env: String::new(),
+                    message: format!("host {name}: SSH hosts are not supported yet"),
+                })
+            }
+        };
+        let monitor = Arc::new(Monitor::with_notify(host.clone(), self.flips.clone()));
+        let c = Connected {
+            host: host.clone(),
+            monitor,
+            limit: Arc::new(Semaphore::new(spec.max_parallel as usize)),
+        };
+        hosts.insert(name.to_owned(), c.clone());
+        drop(hosts);
+        self.clone().watch_docker_events(name.to_owned(), host);
+        Ok(c)
+    }
+
+    /// Docker events of Berth's containers wake their environment: a replica that dies
+    /// is noticed at once, not at the next resync.
+    fn watch_docker_events(self: Arc<Self>, name: String, host: Arc<dyn Host>) {
+        tokio::spawn(async move {
+            loop {
+                match host.events().await {
+                    Ok(mut stream) => {
+                        while let Some(ev) = stream.next().await {
+                            match ev {
+                                Ok(ev) => {
+                                    debug!(host = %name, env = %ev.env_name, container = %ev.container, action = %ev.action, "docker event");
+                                    self.enqueue(&ev.env_name);
+                                }
+                                Err(e) => {
+                                    warn!(host = %name, "docker events: {e}");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => warn!(host = %name, "docker events: {e}"),
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
+    }
+
+    /// Runs until `shutdown` turns true; then finishes the steps under way and returns.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        for env in self.snapshot().manifests.environments.keys() {
+            self.enqueue(env);
+        }
+        if let Some(mut flips) = self
+            .flips_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let me = self.clone();
+            tokio::spawn(async move {
+                while let Some(f) = flips.recv().await {
+                    me.enqueue(&f.env);
+                }
+            });
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.resync);
+            loop {
+                tick.tick().await;
+                for env in me.snapshot().manifests.environments.keys() {
+                    me.queue.schedule(env.clone(), Instant::now());
+                }
+            }
+        });
+        let workers = Arc::new(Semaphore::new(16));
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            let key = tokio::select! {
+                k = self.queue.next() => k,
+                _ = shutdown.changed() => break,
+            };
+            let Ok(permit) = workers.clone().acquire_owned().await else {
+                break;
+            };
+            let me = self.clone();
+            running.spawn(async move {
+                let next = me.reconcile(&key).await;
+                me.queue.done(&key);
+                me.queue.schedule(key, Instant::now() + next);
+                drop(permit);
+            });
+            while running.try_join_next().is_some() {}
+        }
+        info!("shutting down: finishing the steps under way");
+        while running.join_next().await.is_some() {}
+    }
+
+    /// Reconciles one environment; returns when to look at it again. Errors are recorded
+    /// and turned into a backoff, never returned.
+    async fn reconcile(self: &Arc<Self>, env: &str) -> Duration {
+        let next = self.reconcile_outcome(env).await;
+        if let Err(e) = status::write(&self.store, env) {
+            warn!(env, "could not write the status file: {e}");
+        }
+        next
+    }
+
+    async fn reconcile_outcome(self: &Arc<Self>, env: &str) -> Duration {
+        match self.reconcile_inner(env).await {
+            Ok(next) => {
+                self.backoff
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .reset(env);
+                next
+            }
+            Err(e) => {
+                let delay = self
+                    .backoff
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .next(env);
+                warn!(env, "reconcile failed (retry in {delay:?}): {e}");
+                let message = e.to_string();
+                let _ = self
+                    .store
+                    .update_env_state(env, |s| s.message = format!("error: {message}"));
+                delay
+            }
+        }
+    }
+
+    async fn reconcile_inner(self: &Arc<Self>, env: &str) -> Result<Duration, ReconcileError> {
+        let snapshot = self.snapshot();
+        let Some(resource) = snapshot.manifests.environments.get(env) else {
+            // Removing a manifest never deletes what runs: nothing to do until it is back.
+            return Ok(self.resync);
+        };
+        let spec: &EnvironmentSpec = &resource.spec;
+        let Some(host_res) = snapshot.manifests.hosts.get(&spec.host) else {
+            return Err(ReconcileError::Config {
+                env: env.into(),
+                message: format!("host {} is not defined", spec.host),
+            });
+        };
+        let conn = self.host(&spec.host, &host_res.spec).await?;
+        // Bounded per host: at most maxParallel environments of a host act at once.
+        let _permit = conn.limit.clone().acquire_owned().await;
+        act::reconcile_env(
+            self,
+            &conn,
+            env,
+            spec,
+            &host_res.spec,
+            snapshot.commit.as_deref(),
+        )
+        .await
+    }
+}
