@@ -492,7 +492,6 @@ fn a_build_that_never_becomes_ready_is_rolled_back_without_traffic_leaving_the_o
     let mut w = World::new("nr", 31100);
     w.write_manifest(&EnvOpts {
         image: "v2",
-        policy: "None",
         ..EnvOpts::default()
     });
     w.start();
@@ -501,7 +500,6 @@ fn a_build_that_never_becomes_ready_is_rolled_back_without_traffic_leaving_the_o
     let load = Load::start(w.nginx_port, 2);
     w.write_manifest(&EnvOpts {
         image: "bad-never-ready",
-        policy: "None",
         ..EnvOpts::default()
     });
     let s = w.wait("the rollback", Duration::from_secs(60), |s| {
@@ -769,7 +767,6 @@ fn editing_a_watched_manifest_starts_the_rollout_within_a_second() {
     let _g = serial();
     let mut w = World::new("wt", 31600);
     w.write_manifest(&EnvOpts {
-        policy: "None",
         ..EnvOpts::default()
     });
     w.start();
@@ -777,7 +774,6 @@ fn editing_a_watched_manifest_starts_the_rollout_within_a_second() {
     let t0 = Instant::now();
     w.write_manifest(&EnvOpts {
         image: "v2",
-        policy: "None",
         ..EnvOpts::default()
     });
     w.wait("the rollout to start", Duration::from_secs(10), |s| {
