@@ -77,6 +77,9 @@ struct World {
     nginx_port: u16,
     berthd: Option<Child>,
     port_base: u16,
+    /// berthd's `--resync`: short by default so tests never wait on it; the drift test
+    /// uses the daemon's default to show repairs do not depend on it.
+    resync: &'static str,
 }
 
 impl World {
@@ -95,6 +98,7 @@ impl World {
             dir,
             nginx_port: free_port(),
             berthd: None,
+            resync: "2s",
             port_base,
         };
         for d in ["manifests", "nginx/tmp", "backups", "state"] {
@@ -177,7 +181,7 @@ impl World {
         let child = Command::new(env!("CARGO_BIN_EXE_berthd"))
             .args(["--manifests", self.path("manifests").to_str().unwrap()])
             .args(["--state", self.path("state").to_str().unwrap()])
-            .args(["--watch", "--resync", "2s"])
+            .args(["--watch", "--resync", self.resync])
             .env("BERTH_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -650,6 +654,7 @@ fn a_recreate_rollout_and_scaling_one_to_three_to_one() {
 fn a_removed_replica_and_a_hand_edited_upstream_are_repaired_within_five_seconds() {
     let _g = serial();
     let mut w = World::new("dr", 31400);
+    w.resync = "30s";
     w.write_manifest(&EnvOpts::default());
     w.start();
     w.wait_serving(1);

@@ -353,7 +353,28 @@ impl Operation {
                     st.phase = Phase::Rollback;
                     st.rollback_reason = Some(reason.clone());
                 }
-                Entry::Finished { outcome } => st.outcome = Some(outcome.clone()),
+                Entry::Finished { outcome } => {
+                    let all_done = |steps: &[(Step, StepState)]| {
+                        steps.iter().all(|(s, state)| match state {
+                            StepState::Succeeded { .. } => true,
+                            // A failed prune does not undo a healthy rollout.
+                            StepState::Failed { .. } => *s == Step::Prune,
+                            _ => false,
+                        })
+                    };
+                    let possible = match outcome {
+                        Outcome::Succeeded => st.phase == Phase::Forward && all_done(&st.steps),
+                        Outcome::RolledBack { .. } => {
+                            st.phase == Phase::Rollback && all_done(&st.steps)
+                        }
+                        Outcome::Superseded => st.phase == Phase::Forward,
+                        Outcome::Failed { .. } => true,
+                    };
+                    if !possible {
+                        return Err(bad("the outcome does not match the steps"));
+                    }
+                    st.outcome = Some(outcome.clone());
+                }
             }
         }
         Ok(st)
@@ -484,6 +505,13 @@ mod tests {
                     index: 0,
                 },
             ],
+            // Succeeded with steps left, rolled back without a rollback.
+            vec![Finished {
+                outcome: Outcome::Succeeded,
+            }],
+            vec![Finished {
+                outcome: Outcome::RolledBack { reason: "x".into() },
+            }],
             vec![
                 RollbackBegan {
                     reason: "x".into(),

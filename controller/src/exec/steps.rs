@@ -485,8 +485,14 @@ async fn run_migration(cx: &Ctx<'_>, op: &Operation, st: &Status) -> Result<Step
     }
 }
 
-fn last_line(s: &str) -> &str {
-    s.trim_end().rsplit('\n').next().unwrap_or("")
+/// The last few lines of a log, on one line: enough to say why, short enough for status.
+fn last_line(s: &str) -> String {
+    let lines: Vec<&str> = s
+        .trim_end()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
 async fn prune(cx: &Ctx<'_>, op: &Operation) -> Result<StepOutput, ExecError> {

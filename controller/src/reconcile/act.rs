@@ -9,7 +9,7 @@ use berth_api::HostSpec;
 
 use crate::exec::steps::{self, Ctx, StepResult};
 use crate::model::Template;
-use crate::op::{Entry, Event, Millis, OpKind, Operation, Outcome, StepState};
+use crate::op::{Entry, Event, Millis, OpKind, Operation, Outcome, StepOutput, StepState};
 use crate::plan::{self, Action, Journal, Repair};
 use crate::store::{EventKind, FailedTemplate, RevisionRecord};
 
@@ -179,6 +179,7 @@ pub(super) async fn reconcile_env(
                 }
                 match steps::run_step(&cx, step).await {
                     Ok(StepResult::Done(output)) => {
+                        announce(ctl, env, &op.id, &output);
                         store.append(
                             &op.id,
                             ev(
@@ -373,6 +374,24 @@ pub(super) async fn reconcile_env(
         }
     }
     Ok(Duration::ZERO)
+}
+
+/// What a step leaves that people want to see: a migration's output, a backup's file.
+fn announce(ctl: &Controller, env: &str, op: &str, output: &StepOutput) {
+    let (reason, message) = match output {
+        StepOutput::Migration { log_tail, .. } => (
+            "MigrationSucceeded",
+            format!("migration output:\n{log_tail}"),
+        ),
+        StepOutput::Backup {
+            path, size, sha256, ..
+        } => (
+            "BackupTaken",
+            format!("{path} ({size} bytes, sha256 {sha256})"),
+        ),
+        _ => return,
+    };
+    ctl.event(env, EventKind::Normal, reason, message, Some(op.to_owned()));
 }
 
 fn ev(at: Millis, entry: Entry) -> Event {

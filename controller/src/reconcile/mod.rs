@@ -11,6 +11,7 @@
 //!   exponential backoff and jitter.
 
 mod act;
+mod files;
 mod observe;
 pub mod queue;
 mod retry;
@@ -64,12 +65,15 @@ pub struct Controller {
     backoff: Mutex<retry::Backoffs>,
     flips: mpsc::UnboundedSender<Flip>,
     flips_rx: Mutex<Option<mpsc::UnboundedReceiver<Flip>>>,
+    files: Mutex<files::FileWatch>,
+    files_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     resync: Duration,
 }
 
 impl Controller {
     pub fn new(store: Store, desired: Snapshot, resync: Duration) -> Arc<Controller> {
         let (flips, flips_rx) = mpsc::unbounded_channel();
+        let (files_tx, files_rx) = mpsc::unbounded_channel();
         Arc::new(Controller {
             store,
             desired: RwLock::new(desired),
@@ -78,6 +82,8 @@ impl Controller {
             backoff: Mutex::new(retry::Backoffs::default()),
             flips,
             flips_rx: Mutex::new(Some(flips_rx)),
+            files: Mutex::new(files::FileWatch::new(files_tx)),
+            files_rx: Mutex::new(Some(files_rx)),
             resync,
         })
     }
@@ -207,6 +213,19 @@ impl Controller {
                 }
             });
         }
+        if let Some(mut edits) = self
+            .files_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let me = self.clone();
+            tokio::spawn(async move {
+                while let Some(env) = edits.recv().await {
+                    me.enqueue(&env);
+                }
+            });
+        }
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(me.resync);
@@ -289,6 +308,14 @@ impl Controller {
             });
         };
         let conn = self.host(&spec.host, &host_res.spec).await?;
+        if let (Address::Local, berth_api::environment::Traffic::Nginx(n)) =
+            (&host_res.spec.address, &spec.traffic)
+        {
+            self.files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .watch(env, std::path::Path::new(&n.upstream_file));
+        }
         // Bounded per host: at most maxParallel environments of a host act at once.
         let _permit = conn.limit.clone().acquire_owned().await;
         act::reconcile_env(

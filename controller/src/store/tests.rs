@@ -54,9 +54,12 @@ fn succeeded(index: usize) -> Entry {
     }
 }
 
+/// Finishes an operation wherever it stands (a failure may end it at any step).
 fn finished() -> Entry {
     Entry::Finished {
-        outcome: Outcome::Succeeded,
+        outcome: Outcome::Failed {
+            reason: "stopped by the test".into(),
+        },
     }
 }
 
@@ -266,7 +269,10 @@ fn finished_clears_active_op_and_keeps_the_rest_of_the_state() {
         s.append(&o.id, ev(t as u64 + 10, e)).unwrap();
         assert_eq!(s.active_operation("web").unwrap().unwrap().id, o.id);
     }
-    let done = s.append(&o.id, ev(50, finished())).unwrap();
+    let all_done = Entry::Finished {
+        outcome: Outcome::Succeeded,
+    };
+    let done = s.append(&o.id, ev(50, all_done)).unwrap();
     assert_eq!(done.status().unwrap().outcome, Some(Outcome::Succeeded));
     let st = s.env_state("web").unwrap();
     assert_eq!(st.active_op, None);
