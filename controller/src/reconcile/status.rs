@@ -109,9 +109,7 @@ pub fn collect(store: &Store, env: &str) -> Result<EnvStatus, StoreError> {
             created_at: r.created_at,
         })
         .collect();
-    let mut events = store.events(None, Some(env), usize::MAX)?;
-    let skip = events.len().saturating_sub(20);
-    events.drain(..skip);
+    let events = store.events(None, Some(env), 20)?;
     Ok(EnvStatus {
         name: env.to_owned(),
         state,
