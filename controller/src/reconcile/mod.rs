@@ -248,9 +248,18 @@ impl Controller {
             };
             let me = self.clone();
             running.spawn(async move {
-                let next = me.reconcile(&key).await;
+                let desired = me.snapshot().manifests.environments.contains_key(&key);
+                // A Docker event can name an environment that is not (or no longer) in
+                // the manifests: it is looked at once, and not kept in the queue.
+                let next = if desired {
+                    Some(me.reconcile(&key).await)
+                } else {
+                    None
+                };
                 me.queue.done(&key);
-                me.queue.schedule(key, Instant::now() + next);
+                if let Some(next) = next {
+                    me.queue.schedule(key, Instant::now() + next);
+                }
                 drop(permit);
             });
             while running.try_join_next().is_some() {}
