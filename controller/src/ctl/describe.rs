@@ -18,6 +18,7 @@ pub enum Describe {
     /// revisions, backups and recent events.
     #[command(visible_aliases = ["environments", "env", "envs"])]
     Environment {
+        /// The environment's name (its `metadata.name`).
         name: String,
         #[command(flatten)]
         state: StateArgs,

@@ -20,9 +20,11 @@ pub enum Get {
     #[command(visible_aliases = ["environment", "env", "envs"])]
     Environments {
         /// Only these environments (all by default).
+        #[arg(value_name = "NAME")]
         names: Vec<String>,
         #[command(flatten)]
         state: StateArgs,
+        /// How to print the records.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Output,
     },
@@ -30,9 +32,11 @@ pub enum Get {
     #[command(visible_alias = "backup")]
     Backups {
         /// Only the backups of these environments.
+        #[arg(value_name = "ENVIRONMENT")]
         names: Vec<String>,
         #[command(flatten)]
         state: StateArgs,
+        /// How to print the records.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Output,
     },
@@ -42,6 +46,7 @@ pub enum Get {
         /// A manifest file, or a directory read recursively (*.yaml, *.yml, *.json).
         #[arg(short = 'f', long = "filename", value_name = "PATH")]
         file: PathBuf,
+        /// How to print the records.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Output,
     },
