@@ -9,7 +9,9 @@
 //! - [`store`]: the sled journal — operations, environment state, revisions, backups, events.
 //! - `reconcile`: the loop — work queue, triggers, backoff.
 //! - `source`: where desired state comes from (a watched directory).
+//! - [`ctl`]: berthctl's commands (the binary only dispatches to them).
 
+pub mod ctl;
 pub mod exec;
 pub mod host;
 pub mod model;

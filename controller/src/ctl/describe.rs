@@ -1,0 +1,214 @@
+//! `berthctl describe environment NAME`: everything berthd's status file says about one
+//! environment, in sections for humans (state, operation and its steps, revisions,
+//! backups, events).
+
+use std::fmt::Write as _;
+
+use clap::Subcommand;
+
+use super::output::{self, or_none, short, utc, when, Table, NONE};
+use super::state::{phase, split_steps, StateArgs};
+use super::CtlError;
+use crate::op::{Millis, Outcome};
+use crate::reconcile::status::{EnvStatus, OpStatus, StepLine};
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum Describe {
+    /// One environment: its state, its active (or last) operation step by step, its
+    /// revisions, backups and recent events.
+    #[command(visible_aliases = ["environments", "env", "envs"])]
+    Environment {
+        /// The environment's name (its `metadata.name`).
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+impl Describe {
+    /// # Errors
+    /// See [`StateArgs::select`] (an unknown name lists the known ones).
+    pub fn run(self, now: Millis) -> Result<String, CtlError> {
+        match self {
+            Describe::Environment { name, state } => {
+                let found = state.select(std::slice::from_ref(&name))?;
+                Ok(found.iter().map(|s| environment(s, now)).collect())
+            }
+        }
+    }
+}
+
+/// A `Key:  value` block, values aligned after the longest key.
+struct Fields {
+    indent: &'static str,
+    rows: Vec<(&'static str, String)>,
+}
+
+impl Fields {
+    fn new(indent: &'static str) -> Fields {
+        Fields {
+            indent,
+            rows: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, key: &'static str, value: impl Into<String>) -> &mut Self {
+        self.rows.push((key, value.into()));
+        self
+    }
+
+    fn render(&self, out: &mut String) {
+        let width = self
+            .rows
+            .iter()
+            .map(|(k, _)| k.len() + 1)
+            .max()
+            .unwrap_or(0);
+        for (k, v) in &self.rows {
+            let key = format!("{k}:");
+            let line = format!("{}{key:<width$}  {}", self.indent, output::one_line(v));
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+    }
+}
+
+/// The description of one environment, ending with a newline.
+pub fn environment(s: &EnvStatus, now: Millis) -> String {
+    let st = &s.state;
+    let mut out = String::new();
+    Fields::new("")
+        .add("Name", s.name.clone())
+        .add("Phase", phase(s))
+        .add("Revision", or_none(st.current))
+        .add("Commit", or_none(st.commit.as_deref()))
+        .add("Paused", st.paused.to_string())
+        .add(
+            "Approved",
+            or_none(st.approved_hash.as_deref().map(|h| short(h, 12))),
+        )
+        .add(
+            "Failed",
+            match &st.failed {
+                None => NONE.to_owned(),
+                Some(f) => format!(
+                    "template {} at {}: {}",
+                    short(&f.template_hash, 12),
+                    utc(f.at),
+                    f.reason
+                ),
+            },
+        )
+        .add("Message", st.message.clone())
+        .add("Updated", when(now, st.updated_at))
+        .render(&mut out);
+
+    out.push('\n');
+    match &s.operation {
+        None => out.push_str("Operation:  <none>\n"),
+        Some(op) => operation(op, &mut out),
+    }
+
+    out.push('\n');
+    section(&mut out, "Revisions", {
+        let mut t = Table::new(["REVISION", "IMAGE", "HASH", "COMMIT", "CREATED"]);
+        for r in &s.revisions {
+            let mark = if st.current == Some(r.revision) {
+                " (current)"
+            } else {
+                ""
+            };
+            t.row([
+                format!("{}{mark}", r.revision),
+                r.image.clone(),
+                short(&r.template_hash, 12).to_owned(),
+                or_none(r.commit.as_deref()),
+                utc(r.created_at),
+            ]);
+        }
+        t
+    });
+
+    out.push('\n');
+    section(&mut out, "Backups", {
+        let mut t = Table::new(["ID", "REVISION", "PATH", "SIZE", "SHA256", "CREATED"]);
+        for b in &s.backups {
+            t.row([
+                b.id.clone(),
+                or_none(b.revision),
+                b.path.clone(),
+                output::size(b.size),
+                short(&b.sha256, 12).to_owned(),
+                utc(b.created_at),
+            ]);
+        }
+        t
+    });
+
+    out.push('\n');
+    section(&mut out, "Events", {
+        let mut t = Table::new(["TIME", "KIND", "REASON", "MESSAGE"]);
+        for e in &s.events {
+            t.row([
+                utc(e.at),
+                format!("{:?}", e.kind),
+                e.reason.clone(),
+                e.message.clone(),
+            ]);
+        }
+        t
+    });
+    out
+}
+
+fn section(out: &mut String, title: &str, table: Table) {
+    if table.is_empty() {
+        let _ = writeln!(out, "{title}:  {NONE}");
+    } else {
+        let _ = writeln!(out, "{title}:");
+        out.push_str(&table.render_indented("  "));
+    }
+}
+
+fn operation(op: &OpStatus, out: &mut String) {
+    out.push_str("Operation:\n");
+    let outcome = match &op.outcome {
+        None => "<in progress>".to_owned(),
+        Some(Outcome::Succeeded) => "Succeeded".to_owned(),
+        Some(Outcome::Superseded) => "Superseded".to_owned(),
+        Some(Outcome::RolledBack { reason }) => format!("RolledBack: {reason}"),
+        Some(Outcome::Failed { reason }) => format!("Failed: {reason}"),
+    };
+    let mut f = Fields::new("  ");
+    f.add("ID", op.id.clone())
+        .add("Revision", format!("{} → {}", or_none(op.from), op.to))
+        .add("Reason", op.reason.clone())
+        .add("Phase", op.phase.clone())
+        .add("Outcome", outcome);
+    if let Some(r) = &op.rollback_reason {
+        f.add("Rollback reason", r.clone());
+    }
+    f.render(out);
+    let (current, forward) = split_steps(op);
+    if forward.is_empty() {
+        steps(out, "Steps", current);
+    } else {
+        steps(out, "Rollback steps", current);
+        steps(out, "Forward steps", forward);
+    }
+}
+
+fn steps(out: &mut String, title: &str, lines: &[StepLine]) {
+    let mut t = Table::new(["STEP", "STATE", "DETAIL"]);
+    for l in lines {
+        // The status file writes a step's output with `{:?}`: `None` says nothing here.
+        let detail = if l.detail == "None" { "" } else { &l.detail };
+        t.row([l.step.as_str(), l.state.as_str(), detail]);
+    }
+    if t.is_empty() {
+        let _ = writeln!(out, "  {title}:  {NONE}");
+    } else {
+        let _ = writeln!(out, "  {title}:");
+        out.push_str(&t.render_indented("    "));
+    }
+}

@@ -1,0 +1,176 @@
+//! `berthctl get environments|backups|hosts`: one line per record, or `-o json|yaml`.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::output::{self, age, or_none, render, short, truncate, Output, Table};
+use super::state::{phase, StateArgs};
+use super::CtlError;
+use crate::op::Millis;
+use crate::reconcile::status::EnvStatus;
+use crate::store::BackupRecord;
+
+/// How wide the MESSAGE column may get before it is cut.
+const MESSAGE_WIDTH: usize = 60;
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum Get {
+    /// Environments as berthd last saw them: revision, phase, last change, message.
+    #[command(visible_aliases = ["environment", "env", "envs"])]
+    Environments {
+        /// Only these environments (all by default).
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+        #[command(flatten)]
+        state: StateArgs,
+        /// How to print the records.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Output,
+    },
+    /// The catalogued database backups of every environment (or of the ones named).
+    #[command(visible_alias = "backup")]
+    Backups {
+        /// Only the backups of these environments.
+        #[arg(value_name = "ENVIRONMENT")]
+        names: Vec<String>,
+        #[command(flatten)]
+        state: StateArgs,
+        /// How to print the records.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Output,
+    },
+    /// The hosts declared in manifests (no berthd needed).
+    #[command(visible_alias = "host")]
+    Hosts {
+        /// A manifest file, or a directory read recursively (*.yaml, *.yml, *.json).
+        #[arg(short = 'f', long = "filename", value_name = "PATH")]
+        file: PathBuf,
+        /// How to print the records.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+impl Get {
+    /// What to print on stdout. A table with no rows prints nothing; `no_rows` on
+    /// stderr says so, as kubectl's "No resources found" does.
+    ///
+    /// # Errors
+    /// See [`StateArgs::select`]; [`CtlError::InvalidManifests`] and
+    /// [`CtlError::NoSuchPath`] for `hosts`; [`CtlError::Encode`].
+    pub fn run(self, now: Millis) -> Result<String, CtlError> {
+        match self {
+            Get::Environments {
+                names,
+                state,
+                output,
+            } => {
+                let envs = state.select(&names)?;
+                if envs.is_empty() && output == Output::Table {
+                    no_rows(&format!(
+                        "No environments found in {}.",
+                        state.state.display()
+                    ));
+                    return Ok(String::new());
+                }
+                render(output, &envs, || environments_table(&envs, now))
+            }
+            Get::Backups {
+                names,
+                state,
+                output,
+            } => {
+                let backups: Vec<BackupRecord> = state
+                    .select(&names)?
+                    .into_iter()
+                    .flat_map(|s| s.backups)
+                    .collect();
+                if backups.is_empty() && output == Output::Table {
+                    no_rows(&format!("No backups found in {}.", state.state.display()));
+                    return Ok(String::new());
+                }
+                render(output, &backups, || backups_table(&backups, now))
+            }
+            Get::Hosts { file, output } => {
+                if !file.exists() {
+                    return Err(CtlError::NoSuchPath(file));
+                }
+                let loaded = berth_api::load_path(&file);
+                let errors = loaded.errors().count();
+                if errors > 0 {
+                    eprint!("{}", loaded.sources.render(&loaded.diagnostics, false));
+                    return Err(CtlError::InvalidManifests { path: file, errors });
+                }
+                let m = &loaded.manifests;
+                let hosts: Vec<_> = m.hosts.values().collect();
+                render(output, &hosts, || hosts_table(m))
+            }
+        }
+    }
+}
+
+fn no_rows(message: &str) {
+    eprintln!("{message}");
+}
+
+/// NAME, REVISION (the serving one), PHASE, UPDATED (age of the last change), MESSAGE.
+pub fn environments_table(envs: &[EnvStatus], now: Millis) -> String {
+    let mut t = Table::new(["NAME", "REVISION", "PHASE", "UPDATED", "MESSAGE"]);
+    for s in envs {
+        t.row([
+            s.name.clone(),
+            or_none(s.state.current),
+            phase(s),
+            age(now, s.state.updated_at),
+            truncate(&output::one_line(&s.state.message), MESSAGE_WIDTH),
+        ]);
+    }
+    t.render()
+}
+
+/// ENVIRONMENT, ID, REVISION (serving when taken), SIZE, SHA256 (12 digits), AGE, PATH.
+pub fn backups_table(backups: &[BackupRecord], now: Millis) -> String {
+    let mut t = Table::new([
+        "ENVIRONMENT",
+        "ID",
+        "REVISION",
+        "SIZE",
+        "SHA256",
+        "AGE",
+        "PATH",
+    ]);
+    for b in backups {
+        t.row([
+            b.env.clone(),
+            b.id.clone(),
+            or_none(b.revision),
+            output::size(b.size),
+            short(&b.sha256, 12).to_owned(),
+            age(now, b.created_at),
+            b.path.clone(),
+        ]);
+    }
+    t.render()
+}
+
+/// NAME, ADDRESS, PORTS (the range candidates are published on), MAX-PARALLEL,
+/// ENVIRONMENTS (how many the manifests place there).
+pub fn hosts_table(m: &berth_api::Manifests) -> String {
+    let mut t = Table::new(["NAME", "ADDRESS", "PORTS", "MAX-PARALLEL", "ENVIRONMENTS"]);
+    for (name, h) in &m.hosts {
+        let envs = m
+            .environments
+            .values()
+            .filter(|e| &e.spec.host == name)
+            .count();
+        t.row([
+            name.clone(),
+            h.spec.address.to_string(),
+            h.spec.port_range.to_string(),
+            h.spec.max_parallel.to_string(),
+            envs.to_string(),
+        ]);
+    }
+    t.render()
+}

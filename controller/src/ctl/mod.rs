@@ -1,0 +1,83 @@
+//! `berthctl`'s commands: one module per command, each parsed by clap and run by
+//! `run`, so that the binary is only the dispatch.
+//!
+//! # Layout
+//! - [`validate`]: `berthctl validate -f PATH` (manifests, all errors at once).
+//! - [`get`]: `berthctl get environments|backups|hosts` — tables, or `-o json|yaml`.
+//! - [`describe`]: `berthctl describe environment NAME` — everything known, in sections.
+//! - [`state`]: reading the status files berthd writes (`<state>/status/<env>.json`,
+//!   see [`crate::reconcile::status`]) and what they mean for humans (the phase).
+//! - [`output`]: `-o table|json|yaml`, aligned tables, times and sizes for humans.
+//!
+//! Every `run` returns text for stdout (printed by the binary) or a [`CtlError`], whose
+//! [`CtlError::exit_code`] is what berthctl exits with: 1 for errors, 2 for usage.
+//! berthd holds the journal's lock while it runs, so nothing here opens the
+//! [`Store`](crate::store::Store): status comes from the files berthd writes after each
+//! reconcile.
+
+pub mod describe;
+pub mod get;
+pub mod output;
+pub mod state;
+pub mod validate;
+
+use std::path::PathBuf;
+
+/// Why a berthctl command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// A path given on the command line does not exist (a usage error: exit 2).
+    #[error("{}: no such file or directory", .0.display())]
+    NoSuchPath(PathBuf),
+    /// The state directory has no `status/` directory.
+    #[error(
+        "no status in {}: berthd has not run with --state {} (status files are written after \
+         its first reconcile)",
+        .status_dir.display(),
+        .state.display()
+    )]
+    NoStatus { state: PathBuf, status_dir: PathBuf },
+    #[error(
+        "environment {name:?} not found in {}; known environments: {}",
+        .status_dir.display(),
+        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+    )]
+    UnknownEnvironment {
+        name: String,
+        status_dir: PathBuf,
+        known: Vec<String>,
+    },
+    #[error("cannot read the status files in {}: {source}", .status_dir.display())]
+    ReadStatus {
+        status_dir: PathBuf,
+        source: std::io::Error,
+    },
+    /// The manifests have errors (already printed, rendered with their source lines).
+    #[error("{}: invalid manifests ({errors} errors); see `berthctl validate -f {}`", .path.display(), .path.display())]
+    InvalidManifests { path: PathBuf, errors: usize },
+    /// What went wrong was already printed in full (validate's report).
+    #[error("errors were reported above")]
+    Reported,
+    #[error("cannot write the output: {0}")]
+    Write(std::io::Error),
+    #[error("cannot encode the output as {format}: {message}")]
+    Encode {
+        format: &'static str,
+        message: String,
+    },
+}
+
+impl CtlError {
+    /// What berthctl exits with: 2 for usage errors (as clap does), 1 for the rest.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::NoSuchPath(_) => 2,
+            _ => 1,
+        }
+    }
+
+    /// Whether the message still needs printing (`Reported` errors were printed).
+    pub fn is_reported(&self) -> bool {
+        matches!(self, CtlError::Reported)
+    }
+}

@@ -1,0 +1,599 @@
+//! `berthctl get` and `describe` as a user runs them against the status files berthd
+//! writes: the journal is made with a real `Store` in a temporary state directory, its
+//! status written by `reconcile::status::write`, and the real binary reads it back.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use berth_controller::model::Template;
+use berth_controller::op::{Entry, Event, OpKind, Operation, Outcome, Phase, Step, StepOutput};
+use berth_controller::reconcile::status::{self, EnvStatus};
+use berth_controller::store::{
+    BackupRecord, EventKind, FailedTemplate, NewEvent, RevisionRecord, Store,
+};
+
+/// 2023-11-14T22:13:20Z: the fixed times the descriptions print.
+const T0: u64 = 1_700_000_000_000;
+const OP_WEB: &str = "01HF8Z0000000000000000WEB1";
+const OP_DB: &str = "01HF8Z00000000000000000DB1";
+const BACKUP: &str = "01HF8Z000000000000000BKP01";
+const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn berthctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("berthctl runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+fn ev(at: u64, entry: Entry) -> Event {
+    Event { at, entry }
+}
+
+fn template(image: &str) -> Template {
+    Template {
+        image: image.into(),
+        command: None,
+        args: None,
+        env: BTreeMap::new(),
+        env_files: vec![],
+        ports: vec![(8080, "127.0.0.1".into())],
+        volumes: vec![],
+        networks: vec![],
+    }
+}
+
+fn revision(env: &str, revision: u64, image: &str, hash: &str) -> RevisionRecord {
+    RevisionRecord {
+        env: env.into(),
+        revision,
+        template_hash: hash.into(),
+        template: template(image),
+        spec: serde_json::json!({}),
+        image_id: None,
+        commit: Some("3f2a9c1".into()),
+        created_at: T0,
+    }
+}
+
+fn event(store: &Store, env: &str, at: u64, kind: EventKind, reason: &str, message: &str) {
+    store
+        .record(NewEvent {
+            at,
+            env: env.into(),
+            kind,
+            reason: reason.into(),
+            message: message.into(),
+            op: None,
+        })
+        .unwrap();
+}
+
+/// A state directory with three environments, whose last change was three hours ago:
+/// - `api`: idle on revision 1, no operation;
+/// - `web`: rolling back from a failed migration (revision 1 → 2), restoring its backup;
+/// - `db`: its first rollout failed to pull and needs an operator.
+fn state_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let updated = now() - 3 * 3600 * 1000;
+
+    // api
+    store
+        .put_revision(&revision("api", 1, "app:v1", "aaaa1111bbbb2222cccc"))
+        .unwrap();
+    store
+        .update_env_state("api", |s| {
+            s.current = Some(1);
+            s.message = "revision 1 is serving".into();
+            s.updated_at = updated;
+        })
+        .unwrap();
+
+    // web
+    store
+        .put_revision(&revision("web", 1, "app:v1", "1111aaaa2222bbbb3333"))
+        .unwrap();
+    store
+        .put_revision(&revision("web", 2, "app:v2", "4444cccc5555dddd6666"))
+        .unwrap();
+    store
+        .update_env_state("web", |s| {
+            s.current = Some(1);
+            s.commit = Some("3f2a9c1".into());
+        })
+        .unwrap();
+    store
+        .begin(&Operation {
+            id: OP_WEB.into(),
+            env: "web".into(),
+            kind: OpKind::Rollout,
+            from: Some(1),
+            to: 2,
+            reason: "image app:v1 → app:v2".into(),
+            created_at: T0,
+            steps: vec![
+                Step::PullImage,
+                Step::Backup,
+                Step::Migrate,
+                Step::StartCandidate,
+            ],
+            log: vec![],
+        })
+        .unwrap();
+    let f = Phase::Forward;
+    for e in [
+        Entry::Started { phase: f, index: 0 },
+        Entry::Succeeded {
+            phase: f,
+            index: 0,
+            output: StepOutput::Image {
+                id: "sha256:abc".into(),
+            },
+        },
+        Entry::Started { phase: f, index: 1 },
+        Entry::Succeeded {
+            phase: f,
+            index: 1,
+            output: StepOutput::Backup {
+                id: BACKUP.into(),
+                path: "/backups/web/01.sql.gz".into(),
+                size: 1536,
+                sha256: SHA.into(),
+            },
+        },
+        Entry::Started { phase: f, index: 2 },
+        Entry::Failed {
+            phase: f,
+            index: 2,
+            error: "migration 0003 failed: exit 1".into(),
+            retryable: false,
+        },
+        Entry::RollbackBegan {
+            reason: "Migrate: migration 0003 failed: exit 1".into(),
+            steps: vec![Step::RestoreDatabase, Step::StartOld],
+        },
+        Entry::Started {
+            phase: Phase::Rollback,
+            index: 0,
+        },
+    ] {
+        store.append(OP_WEB, ev(T0 + 1000, e)).unwrap();
+    }
+    store
+        .put_backup(&BackupRecord {
+            id: BACKUP.into(),
+            env: "web".into(),
+            op: Some(OP_WEB.into()),
+            revision: Some(1),
+            path: "/backups/web/01.sql.gz".into(),
+            size: 1536,
+            sha256: SHA.into(),
+            created_at: T0 + 2000,
+        })
+        .unwrap();
+    store
+        .update_env_state("web", |s| {
+            s.message = "rolling back: restoring the database from backup 01HF8Z…".into();
+            s.updated_at = updated;
+        })
+        .unwrap();
+    event(
+        &store,
+        "web",
+        T0,
+        EventKind::Normal,
+        "RolloutStarted",
+        "revision 1 → 2",
+    );
+    event(
+        &store,
+        "web",
+        T0 + 5000,
+        EventKind::Warning,
+        "StepFailed",
+        "Migrate: migration 0003 failed: exit 1",
+    );
+
+    // db
+    store
+        .put_revision(&revision("db", 1, "postgres:15", "7777eeee8888ffff9999"))
+        .unwrap();
+    store
+        .begin(&Operation {
+            id: OP_DB.into(),
+            env: "db".into(),
+            kind: OpKind::Rollout,
+            from: None,
+            to: 1,
+            reason: "first rollout".into(),
+            created_at: T0,
+            steps: vec![Step::PullImage],
+            log: vec![],
+        })
+        .unwrap();
+    for e in [
+        Entry::Started { phase: f, index: 0 },
+        Entry::Failed {
+            phase: f,
+            index: 0,
+            error: "no such image".into(),
+            retryable: false,
+        },
+        Entry::Finished {
+            outcome: Outcome::Failed {
+                reason: "PullImage: no such image".into(),
+            },
+        },
+    ] {
+        store.append(OP_DB, ev(T0 + 1000, e)).unwrap();
+    }
+    store
+        .update_env_state("db", |s| {
+            s.failed = Some(FailedTemplate {
+                template_hash: "7777eeee8888ffff9999".into(),
+                reason: "PullImage: no such image".into(),
+                at: T0 + 1000,
+            });
+            s.message = "rollout to revision 1 failed: PullImage: no such image".into();
+            s.updated_at = updated;
+        })
+        .unwrap();
+
+    for env in ["api", "web", "db"] {
+        status::write(&store, env).unwrap();
+    }
+    // The store stays open (as berthd keeps it) until here: berthctl never needs it.
+    drop(store);
+    dir
+}
+
+fn state_arg(dir: &Path) -> String {
+    dir.display().to_string()
+}
+
+/// The line of `out` whose first words are `first`, split into words.
+fn row<'a>(out: &'a str, first: &[&str]) -> Vec<&'a str> {
+    out.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.starts_with(first))
+        .unwrap_or_else(|| panic!("no line starting with {first:?} in:\n{out}"))
+}
+
+#[test]
+fn get_environments_prints_one_aligned_row_per_environment_under_a_kubectl_like_header() {
+    let dir = state_dir();
+    let out = ok(&berthctl(&[
+        "get",
+        "environments",
+        "--state",
+        &state_arg(dir.path()),
+    ]));
+    assert_eq!(
+        out,
+        "\
+NAME   REVISION   PHASE                          UPDATED   MESSAGE
+api    1          Idle                           3h        revision 1 is serving
+db     <none>     Failed                         3h        rollout to revision 1 failed: PullImage: no such image
+web    1          Rolling back RestoreDatabase   3h        rolling back: restoring the database from backup 01HF8Z…
+"
+    );
+}
+
+#[test]
+fn get_environments_as_json_round_trips_to_the_status_files() {
+    let dir = state_dir();
+    let out = ok(&berthctl(&[
+        "get",
+        "envs",
+        "-o",
+        "json",
+        "--state",
+        &state_arg(dir.path()),
+    ]));
+    let printed: Vec<EnvStatus> = serde_json::from_str(&out).expect("an array of EnvStatus");
+    let names: Vec<&str> = printed.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["api", "db", "web"]);
+    let files = status::read_all(dir.path()).unwrap();
+    assert_eq!(
+        serde_json::to_value(&printed).unwrap(),
+        serde_json::to_value(&files).unwrap()
+    );
+    let web = &printed[2];
+    assert_eq!(web.operation.as_ref().unwrap().id, OP_WEB);
+    assert_eq!(web.backups[0].sha256, SHA);
+}
+
+#[test]
+fn get_environments_as_yaml_lists_the_same_records() {
+    let dir = state_dir();
+    let out = ok(&berthctl(&[
+        "get",
+        "environments",
+        "web",
+        "-o",
+        "yaml",
+        "--state",
+        &state_arg(dir.path()),
+    ]));
+    assert!(out.starts_with("- name: web\n"), "{out}");
+    assert!(out.contains(&format!("id: {OP_WEB}")), "{out}");
+    assert!(out.contains("phase: Rollback"), "{out}");
+    assert!(out.contains("step: RestoreDatabase"), "{out}");
+}
+
+#[test]
+fn describe_environment_shows_its_state_the_operation_step_by_step_and_why_it_failed() {
+    let dir = state_dir();
+    let out = ok(&berthctl(&[
+        "describe",
+        "environment",
+        "web",
+        "--state",
+        &state_arg(dir.path()),
+    ]));
+    for line in [
+        "Name:      web",
+        "Phase:     Rolling back RestoreDatabase",
+        "Revision:  1",
+        "Commit:    3f2a9c1",
+        "Paused:    false",
+        "Approved:  <none>",
+        "Failed:    <none>",
+        "Operation:",
+        &format!("  ID:               {OP_WEB}"),
+        "  Revision:         1 → 2",
+        "  Reason:           image app:v1 → app:v2",
+        "  Phase:            Rollback",
+        "  Outcome:          <in progress>",
+        "  Rollback reason:  Migrate: migration 0003 failed: exit 1",
+        "  Rollback steps:",
+        "  Forward steps:",
+        "Revisions:",
+        "Backups:",
+        "Events:",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "no line {line:?} in:\n{out}"
+        );
+    }
+    // Sections come in this order.
+    let at = |s: &str| out.find(s).unwrap_or_else(|| panic!("{s} in:\n{out}"));
+    assert!(at("\nOperation:") < at("\n  Rollback steps:"));
+    assert!(at("\n  Rollback steps:") < at("\n  Forward steps:"));
+    assert!(at("\n  Forward steps:") < at("\nRevisions:"));
+    assert!(at("\nRevisions:") < at("\nBackups:"));
+    assert!(at("\nBackups:") < at("\nEvents:"));
+
+    assert_eq!(
+        row(&out, &["RestoreDatabase"]),
+        ["RestoreDatabase", "Running", "attempt", "1"]
+    );
+    assert_eq!(row(&out, &["StartOld"]), ["StartOld", "Pending"]);
+    assert_eq!(row(&out, &["Backup"])[1], "Succeeded");
+    assert_eq!(
+        row(&out, &["Migrate"]).join(" "),
+        "Migrate Failed migration 0003 failed: exit 1"
+    );
+    assert_eq!(
+        row(&out, &["StartCandidate"]),
+        ["StartCandidate", "Pending"]
+    );
+    assert_eq!(
+        row(&out, &["1", "(current)"]),
+        [
+            "1",
+            "(current)",
+            "app:v1",
+            "1111aaaa2222",
+            "3f2a9c1",
+            "2023-11-14T22:13:20Z"
+        ]
+    );
+    assert_eq!(
+        row(&out, &["2"]),
+        [
+            "2",
+            "app:v2",
+            "4444cccc5555",
+            "3f2a9c1",
+            "2023-11-14T22:13:20Z"
+        ]
+    );
+    assert_eq!(
+        row(&out, &[BACKUP]),
+        [
+            BACKUP,
+            "1",
+            "/backups/web/01.sql.gz",
+            "1.5",
+            "KiB",
+            "9f86d081884c",
+            "2023-11-14T22:13:22Z"
+        ]
+    );
+    assert_eq!(
+        row(&out, &["2023-11-14T22:13:25Z"]).join(" "),
+        "2023-11-14T22:13:25Z Warning StepFailed Migrate: migration 0003 failed: exit 1"
+    );
+    assert_eq!(
+        row(&out, &["2023-11-14T22:13:20Z", "Normal"]).join(" "),
+        "2023-11-14T22:13:20Z Normal RolloutStarted revision 1 → 2"
+    );
+}
+
+#[test]
+fn describe_of_a_failed_rollout_names_the_failed_template_and_its_reason() {
+    let dir = state_dir();
+    let out = ok(&berthctl(&[
+        "describe",
+        "env",
+        "db",
+        "--state",
+        &state_arg(dir.path()),
+    ]));
+    for line in [
+        "Phase:     Failed",
+        "Revision:  <none>",
+        "Failed:    template 7777eeee8888 at 2023-11-14T22:13:21Z: PullImage: no such image",
+        "Message:   rollout to revision 1 failed: PullImage: no such image",
+        "  Revision:  <none> → 1",
+        "  Outcome:   Failed: PullImage: no such image",
+        "  Steps:",
+        "Backups:  <none>",
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "no line {line:?} in:\n{out}"
+        );
+    }
+    assert_eq!(
+        row(&out, &["PullImage"]).join(" "),
+        "PullImage Failed no such image"
+    );
+}
+
+#[test]
+fn describe_of_an_unknown_environment_exits_1_and_lists_the_known_ones() {
+    let dir = state_dir();
+    let out = berthctl(&[
+        "describe",
+        "environment",
+        "shop",
+        "--state",
+        &state_arg(dir.path()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("error: environment \"shop\" not found in "),
+        "{err}"
+    );
+    assert!(
+        err.trim_end().ends_with("known environments: api, db, web"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_status_files_get_and_describe_exit_1_saying_berthd_has_not_run_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = state_arg(dir.path());
+    for args in [
+        vec!["get", "environments", "--state", &state],
+        vec!["get", "backups", "--state", &state],
+        vec!["describe", "environment", "web", "--state", &state],
+    ] {
+        let out = berthctl(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("berthd has not run with --state {state}")),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn get_backups_lists_every_environments_catalogued_backups() {
+    let dir = state_dir();
+    let out = ok(&berthctl(&[
+        "get",
+        "backups",
+        "--state",
+        &state_arg(dir.path()),
+    ]));
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        [
+            "ENVIRONMENT",
+            "ID",
+            "REVISION",
+            "SIZE",
+            "SHA256",
+            "AGE",
+            "PATH"
+        ]
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[..6], ["web", BACKUP, "1", "1.5", "KiB", "9f86d081884c"]);
+    assert_eq!(row[7], "/backups/web/01.sql.gz");
+    assert_eq!(lines.next(), None);
+    let json = ok(&berthctl(&[
+        "get",
+        "backups",
+        "-o",
+        "json",
+        "--state",
+        &state_arg(dir.path()),
+    ]));
+    let backups: Vec<BackupRecord> = serde_json::from_str(&json).unwrap();
+    assert_eq!(backups.len(), 1);
+    assert_eq!(backups[0].size, 1536);
+}
+
+#[test]
+fn get_hosts_reads_the_manifests_without_berthd() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hosts.yaml");
+    std::fs::write(
+        &file,
+        "\
+apiVersion: berth.dev/v1
+kind: Host
+metadata: {name: vm-a}
+spec:
+  address: ssh://root@127.0.0.2:2222
+  portRange: 25000-26999
+---
+apiVersion: berth.dev/v1
+kind: Host
+metadata: {name: local}
+spec: {address: local, maxParallel: 4}
+",
+    )
+    .unwrap();
+    let out = ok(&berthctl(&[
+        "get",
+        "hosts",
+        "-f",
+        &file.display().to_string(),
+    ]));
+    assert_eq!(
+        out,
+        "\
+NAME    ADDRESS                     PORTS         MAX-PARALLEL   ENVIRONMENTS
+local   local                       20000-29999   4              0
+vm-a    ssh://root@127.0.0.2:2222   25000-26999   2              0
+"
+    );
+}
+
+#[test]
+fn an_output_format_that_does_not_exist_is_a_usage_error() {
+    let out = berthctl(&["get", "environments", "-o", "xml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("possible values: table, json, yaml"));
+}
