@@ -8,8 +8,7 @@
 //! and directory, and removes them when it ends, also when it fails.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_api::environment::Backup;
@@ -19,10 +18,15 @@ use berth_controller::host::local::LocalHost;
 use berth_controller::host::Host;
 use berth_controller::model::{self, ContainerSpec, ContainerState, Role, Template};
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::cmd::{docker, run_ok, sha256sum};
+use support::host::local_host;
+use support::lab::{Containers, Db, Volume, DB_CONTAINER, NETWORK};
+
 const DEMO_IMAGE: &str = "127.0.0.1:5000/berth/demo-app";
 const PG_IMAGE: &str = "127.0.0.1:5000/berth/postgres:15";
-const NETWORK: &str = "berth-lab";
-const DB_CONTAINER: &str = "berth-lab-db";
 /// The lab database as published on the host.
 const DB_HOST_ADDR: &str = "127.0.0.1:55432";
 /// How long a migration of the demo app may take here before the test gives up.
@@ -30,18 +34,10 @@ const MIGRATION_LIMIT: Duration = Duration::from_secs(120);
 
 // ---- helpers ----------------------------------------------------------------------------
 
-/// A lowercase name no other test run uses: pid, time and a counter.
+/// A lowercase name no other test run uses, with no `-` after the prefix so that it also
+/// serves as a database name: `<prefix><pid>x<nanos>x<n>`.
 fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}{}x{nanos:x}x{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    support::names::unique_with(prefix, "x")
 }
 
 fn now_ms() -> u64 {
@@ -49,37 +45,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Runs a command, panics with its output unless it succeeds, returns its stdout.
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn docker() -> Command {
-    Command::new("docker")
-}
-
-async fn local_host() -> LocalHost {
-    let text =
-        "apiVersion: berth.dev/v1\nkind: Host\nmetadata: {name: local}\nspec: {address: local}\n";
-    let manifests = berth_api::load_texts(vec![("host.yaml".into(), text.into())])
-        .into_manifests()
-        .unwrap_or_else(|l| panic!("{:?}", l.diagnostics));
-    LocalHost::connect("local", &manifests.hosts["local"].spec)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The `backup` section of an environment, read from YAML as a user writes it.
@@ -96,105 +61,6 @@ fn backup_section(yaml: &str) -> Backup {
         .backup
         .clone()
         .expect("a backup section")
-}
-
-/// A throwaway database on the lab's PostgreSQL, dropped when this is dropped.
-struct Db {
-    name: String,
-}
-
-impl Db {
-    fn create() -> Db {
-        let db = Db {
-            name: unique("bm_"),
-        };
-        run_ok(docker().args([
-            "exec",
-            DB_CONTAINER,
-            "psql",
-            "-U",
-            "demo",
-            "-d",
-            "demo",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            &format!("create database {}", db.name),
-        ]));
-        db
-    }
-
-    /// As the demo app reaches it on the lab network.
-    fn url(&self) -> String {
-        format!("postgres://demo:demo@{DB_CONTAINER}:5432/{}", self.name)
-    }
-
-    /// Runs `sql` and returns its unaligned, tuples-only output.
-    fn psql(&self, sql: &str) -> String {
-        run_ok(docker().args([
-            "exec",
-            DB_CONTAINER,
-            "psql",
-            "-U",
-            "demo",
-            "-d",
-            &self.name,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-Atc",
-            sql,
-        ]))
-        .trim()
-        .to_owned()
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = docker()
-            .args([
-                "exec",
-                DB_CONTAINER,
-                "psql",
-                "-U",
-                "demo",
-                "-d",
-                "demo",
-                "-c",
-                &format!("drop database if exists {} with (force)", self.name),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// Removes the containers when dropped, also when the test panics.
-struct Containers(Vec<String>);
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = docker()
-                .args(["rm", "-f", "-v", name])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-/// Removes the named volume when dropped.
-struct Volume(String);
-
-impl Drop for Volume {
-    fn drop(&mut self) {
-        let _ = docker()
-            .args(["volume", "rm", "-f", &self.0])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 /// The migrate container of operation `op` for environment `env`: `demo-app migrate` of
@@ -249,14 +115,6 @@ fn started_at(name: &str) -> String {
         .to_owned()
 }
 
-fn sha256sum(path: &str) -> String {
-    run_ok(Command::new("sha256sum").arg(path))
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
-}
-
 fn mode(path: &str) -> u32 {
     std::fs::metadata(path)
         .unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -269,6 +127,15 @@ fn mode(path: &str) -> u32 {
 fn file_stamp(path: &str) -> (u64, i64, i64) {
     let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     (m.ino(), m.mtime(), m.mtime_nsec())
+}
+
+/// The catalogue entry Berth records for a backup it took.
+fn catalogued<'a>(id: &'a str, taken: &'a Taken) -> Catalogued<'a> {
+    Catalogued {
+        id,
+        path: &taken.path,
+        sha256: &taken.sha256,
+    }
 }
 
 fn assert_taken(t: &Taken) {
@@ -287,7 +154,7 @@ fn assert_taken(t: &Taken) {
 #[ignore = "needs the lab: hack/lab up"]
 async fn a_migration_runs_exactly_once_per_operation_even_when_observed_again() {
     let host = local_host().await;
-    let db = Db::create();
+    let db = Db::create(unique("bm_"));
     let env = unique("bm-");
     let mut guard = Containers(Vec::new());
     for (tag, schema) in [("v1", "1"), ("v2", "2")] {
@@ -353,7 +220,7 @@ async fn a_migration_runs_exactly_once_per_operation_even_when_observed_again() 
 #[ignore = "needs the lab: hack/lab up"]
 async fn a_failing_migration_is_failed_with_its_log_and_never_run_again() {
     let host = local_host().await;
-    let db = Db::create();
+    let db = Db::create(unique("bm_"));
     let env = unique("bm-");
     let image = format!("{DEMO_IMAGE}:bad-migration");
     host.pull(&image).await.unwrap_or_else(|e| panic!("{e}"));
@@ -462,7 +329,7 @@ fn rows(db: &Db) -> String {
 #[ignore = "needs the lab: hack/lab up"]
 async fn a_postgres_backup_from_the_lab_db_restores_to_the_moment_it_was_taken() {
     let host = local_host().await;
-    let db = Db::create();
+    let db = Db::create(unique("bm_"));
     db.psql("create table t (id serial primary key, body text not null); insert into t (body) values ('one'), ('two')");
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let directory = format!("{}/backups/app", dir.path().display());
@@ -512,11 +379,7 @@ async fn a_postgres_backup_from_the_lab_db_restores_to_the_moment_it_was_taken()
     assert!(err.to_string().contains(&taken.path), "{err}");
     assert_eq!(rows(&db), "one,two,three,four");
 
-    let record = Catalogued {
-        id,
-        path: &taken.path,
-        sha256: &taken.sha256,
-    };
+    let record = catalogued(id, &taken);
     backup::restore(&host, &env, &backup, &record, &source)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -568,7 +431,7 @@ async fn a_failed_pg_dump_leaves_no_file_and_says_why() {
 #[ignore = "needs the lab: hack/lab up"]
 async fn a_postgres_backup_over_the_network_reads_the_password_only_on_the_host() {
     let host = local_host().await;
-    let db = Db::create();
+    let db = Db::create(unique("bm_"));
     db.psql("create table t (id serial primary key, body text not null); insert into t (body) values ('one')");
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let password_file = dir.path().join("db-password");
@@ -601,11 +464,7 @@ async fn a_postgres_backup_over_the_network_reads_the_password_only_on_the_host(
         .unwrap_or_else(|e| panic!("{e}"));
     assert_taken(&taken);
     db.psql("insert into t (body) values ('two')");
-    let record = Catalogued {
-        id: "01JNET",
-        path: &taken.path,
-        sha256: &taken.sha256,
-    };
+    let record = catalogued("01JNET", &taken);
     backup::restore(&host, &env, &backup, &record, &source)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -690,11 +549,7 @@ async fn a_volume_backup_restores_the_files_it_holds() {
     );
 
     in_volume(&volume.0, "echo changed > /data/a && rm -r /data/sub");
-    let record = Catalogued {
-        id,
-        path: &taken.path,
-        sha256: &taken.sha256,
-    };
+    let record = catalogued(id, &taken);
     backup::restore(&host, &env, &backup, &record, &source)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -736,11 +591,7 @@ async fn a_command_backup_runs_the_users_commands_with_the_file_in_the_environme
         Some("before\n")
     );
     std::fs::write(&data, "after\n").unwrap_or_else(|e| panic!("{e}"));
-    let record = Catalogued {
-        id: "01JCMD",
-        path: &taken.path,
-        sha256: &taken.sha256,
-    };
+    let record = catalogued("01JCMD", &taken);
     backup::restore(&host, &env, &backup, &record, &ResolvedSource::Command)
         .await
         .unwrap_or_else(|e| panic!("{e}"));

@@ -6,8 +6,6 @@
 //! started within 1 s of an edit) are about Berth, not about two cores shared by five
 //! rollouts.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,36 +14,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::cmd::{must, sh, sha256sum};
+use support::lab::{create_database, drop_database, psql};
+use support::net::{free_port, http_get, http_request};
+
 static SERIAL: Mutex<()> = Mutex::new(());
 const REGISTRY: &str = "127.0.0.1:5000/berth/demo-app";
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn sh(cmd: &str) -> (bool, String) {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .expect("sh runs");
-    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
-    s.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), s.trim().to_owned())
-}
-
-fn must(cmd: &str) -> String {
-    let (ok, out) = sh(cmd);
-    assert!(ok, "`{cmd}` failed: {out}");
-    out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Options of the environment under test.
@@ -105,7 +85,8 @@ impl World {
             std::fs::create_dir_all(w.path(d)).unwrap();
         }
         // Our own database and env file.
-        must(&format!("docker exec berth-lab-db psql -U demo -d demo -qc 'drop database if exists \"{0}\"' -c 'create database \"{0}\"'", w.env));
+        drop_database(&w.env);
+        create_database(&w.env);
         std::fs::write(
             w.path("app.env"),
             format!(
@@ -237,10 +218,7 @@ impl World {
     }
 
     fn psql(&self, q: &str) -> String {
-        must(&format!(
-            "docker exec berth-lab-db psql -U demo -d {} -Atc \"{q}\"",
-            self.env
-        ))
+        psql(&self.env, q)
     }
 
     fn containers(&self) -> Vec<(String, String)> {
@@ -258,7 +236,7 @@ impl World {
     }
 
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        http(self.nginx_port, "GET", path, "")
+        http_get(self.nginx_port, path)
     }
 
     fn events(&self) -> Vec<String> {
@@ -290,7 +268,7 @@ impl Drop for World {
             "nginx -c {}/nginx/nginx.conf -s stop",
             self.dir.path().display()
         ));
-        let _ = sh(&format!("docker exec berth-lab-db psql -U demo -d demo -qc 'drop database if exists \"{}\" with (force)'", self.env));
+        drop_database(&self.env);
         if std::thread::panicking() {
             eprintln!("berthd log of {}:\n{}", self.env, tail(&self.log(), 80));
         }
@@ -300,22 +278,6 @@ impl Drop for World {
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
-fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-    s.write_all(req.as_bytes()).ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split(' ').nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
 }
 
 /// Sends requests through nginx on fresh connections from a few threads until stopped,
@@ -350,7 +312,7 @@ impl Load {
             );
             handles.push(std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    match http(port, "GET", "/version", "") {
+                    match http_get(port, "/version") {
                         Some((200, body)) => {
                             ok.fetch_add(1, Ordering::Relaxed);
                             let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
@@ -466,8 +428,8 @@ fn a_blue_green_rollout_with_a_migration_loses_no_request_under_load() {
     let backups = s["backups"].as_array().expect("backups").clone();
     assert_eq!(backups.len(), 2, "one backup per rollout: {backups:?}");
     let last = backups.last().unwrap();
-    let sum = must(&format!("sha256sum {}", last["path"].as_str().unwrap()));
-    assert_eq!(sum.split(' ').next(), last["sha256"].as_str());
+    let sum = sha256sum(last["path"].as_str().unwrap());
+    assert_eq!(Some(sum.as_str()), last["sha256"].as_str());
 
     // v1 is retired after the drain, but kept (stopped) for rollback.
     let cs = w.containers();
@@ -560,7 +522,7 @@ fn a_breaking_migration_whose_build_crashes_after_the_switch_restores_the_databa
     w.start();
     w.wait_serving(1);
     for i in 0..20 {
-        let r = http(w.nginx_port, "POST", "/rows", &format!("row {i}"));
+        let r = http_request(w.nginx_port, "POST", "/rows", &format!("row {i}"));
         assert_eq!(r.map(|r| r.0), Some(201));
     }
     let before: u64 = w.psql("select count(*) from demo_rows").parse().unwrap();

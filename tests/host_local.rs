@@ -7,10 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use berth_api::values::Address;
 use berth_api::HostSpec;
@@ -22,87 +21,24 @@ use berth_controller::model::{
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::cmd::{docker, run_ok, sha256sum};
+use support::lab::{lab_dir, Containers, Network, Volume, DB_CONTAINER, NETWORK};
+use support::names::unique;
+use support::net::free_port;
+
 const IMAGE: &str = "127.0.0.1:5000/berth/demo-app:v1";
-const NETWORK: &str = "berth-lab";
-const DB_CONTAINER: &str = "berth-lab-db";
 const NEEDS_LAB: &str = "needs the lab: hack/lab up";
 
-fn lab_dir() -> PathBuf {
-    match std::env::var_os("BERTH_LAB_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => {
-            let in_repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.lab");
-            // A git worktree has no `.lab` of its own; the lab's stable link serves it.
-            if in_repo.exists() {
-                in_repo
-            } else {
-                PathBuf::from("/var/lib/berth-lab")
-            }
-        }
-    }
-}
-
-/// A name no other test run uses: pid, time and a counter (lowercase, as Docker wants).
-fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{}-{nanos:x}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Runs `cmd`, panics with its stderr unless it succeeds, returns its stdout.
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn docker() -> Command {
-    Command::new("docker")
-}
-
-/// Removes what a test made in Docker when dropped, including when the test panics.
+/// What a test made in Docker, removed when dropped, including when the test panics:
+/// the fields drop in this order, containers before the volumes and networks they use.
 #[derive(Default)]
 struct Cleanup {
-    containers: Vec<String>,
-    volumes: Vec<String>,
-    networks: Vec<String>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let quiet = |args: Vec<&str>| {
-            let _ = docker()
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        };
-        for c in &self.containers {
-            quiet(vec!["rm", "-f", c]);
-        }
-        for v in &self.volumes {
-            quiet(vec!["volume", "rm", "-f", v]);
-        }
-        for n in &self.networks {
-            quiet(vec!["network", "rm", n]);
-        }
-    }
+    containers: Containers,
+    volumes: Vec<Volume>,
+    networks: Vec<Network>,
 }
 
 fn host_spec(registry_auth: Option<&Path>) -> HostSpec {
@@ -122,12 +58,6 @@ async fn local() -> LocalHost {
     LocalHost::connect("local", &host_spec(None))
         .await
         .unwrap_or_else(|e| panic!("{e} ({NEEDS_LAB})"))
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
-    l.local_addr().expect("a local address").port()
 }
 
 /// Replica 0 of revision 1 of the demo app in environment `env`, on the lab network,
@@ -181,11 +111,6 @@ async fn wait_for(
 fn docker_env(container: &str) -> Vec<String> {
     let json = run_ok(docker().args(["inspect", "-f", "{{json .Config.Env}}", container]));
     serde_json::from_str(&json).expect("a JSON list")
-}
-
-fn sha256sum(path: &Path) -> String {
-    let out = run_ok(Command::new("sha256sum").arg(path));
-    out.split_whitespace().next().unwrap_or_default().to_owned()
 }
 
 fn strings(words: &[&str]) -> Vec<String> {
@@ -479,7 +404,7 @@ async fn a_named_volume_round_trips_through_archives_of_containers_never_started
     let host = local().await;
     let mut cleanup = Cleanup::default();
     let volume = unique("hosttest-vol");
-    cleanup.volumes.push(volume.clone());
+    cleanup.volumes.push(Volume(volume.clone()));
     let dir = tempfile::tempdir().expect("a temp dir");
     std::fs::write(dir.path().join("hello.txt"), "hello volume\n").expect("a file");
     let tar_in = dir.path().join("in.tar");
@@ -538,7 +463,7 @@ async fn a_container_joins_every_network_with_its_aliases() {
     let mut cleanup = Cleanup::default();
     let second = unique("hosttest-net");
     run_ok(docker().args(["network", "create", &second]));
-    cleanup.networks.push(second.clone());
+    cleanup.networks.push(Network(second.clone()));
     let env = unique("hosttest");
     let mut spec = demo_replica(&env, None, &mut cleanup);
     spec.template.networks.push(second.clone());

@@ -4,16 +4,22 @@
 //!
 //! Every test needs the running lab, so all are ignored by default:
 //! `hack/lab up && cargo test -p berth-controller --test lab -- --include-ignored`.
-//! The lab directory is `$BERTH_LAB_DIR`, or `<repo>/.lab`.
+//! The lab directory is `$BERTH_LAB_DIR`, or `<repo>/.lab`, or `/var/lib/berth-lab`.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::cmd::{docker, output, run_ok};
+use support::lab::{lab_dir, Containers, Db, NETWORK};
+use support::names::unique;
 
 const REGISTRY: &str = "http://127.0.0.1:5000";
 const DEMO_IMAGE: &str = "127.0.0.1:5000/berth/demo-app";
@@ -25,8 +31,6 @@ const DEMO_TAGS: [&str; 6] = [
     "bad-migration",
     "bad-crash",
 ];
-const NETWORK: &str = "berth-lab";
-const DB_CONTAINER: &str = "berth-lab-db";
 const SSH_PORT: &str = "2222";
 /// (name, address) of each sshd "VM".
 const VMS: [(&str, &str); 2] = [("vm-a", "127.0.0.2"), ("vm-b", "127.0.0.3")];
@@ -35,60 +39,6 @@ const NGINXES: [(&str, &str); 2] = [("local", "127.0.0.1:8081"), ("vm-a", "127.0
 const HAPROXY_VM: &str = "vm-b";
 const HAPROXY_ADDR: &str = "127.0.0.3:8080";
 const NEEDS_LAB: &str = "needs the lab: hack/lab up";
-
-fn lab_dir() -> PathBuf {
-    match std::env::var_os("BERTH_LAB_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../.lab"),
-    }
-}
-
-/// A name no other test run uses: pid, time and a counter.
-fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{}-{nanos:x}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
-
-fn output(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe(cmd)))
-}
-
-/// Runs `cmd`, panics with its stderr unless it succeeds, returns its stdout.
-fn run_ok(cmd: &mut Command) -> String {
-    let out = output(cmd);
-    assert!(
-        out.status.success(),
-        "`{}` failed ({}):\n{}{}",
-        describe(cmd),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn docker() -> Command {
-    Command::new("docker")
-}
 
 fn http() -> ureq::Agent {
     ureq::AgentBuilder::new()
@@ -109,62 +59,6 @@ fn get(url: &str) -> Result<(u16, Option<String>, String), String> {
         .into_string()
         .map_err(|e| format!("GET {url}: reading the body: {e}"))?;
     Ok((status, server, body))
-}
-
-/// Removes the container when dropped, including when the test panics.
-struct ContainerGuard(String);
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        let _ = docker()
-            .args(["rm", "-f", "-v", &self.0])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// A database of its own on the lab's PostgreSQL, dropped afterwards, so this test neither
-/// depends on nor disturbs the schema other tests leave in `demo`.
-struct DatabaseGuard(String);
-
-impl DatabaseGuard {
-    fn create(name: &str) -> Self {
-        run_ok(docker().args([
-            "exec",
-            DB_CONTAINER,
-            "psql",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-U",
-            "demo",
-            "-d",
-            "demo",
-            "-qc",
-            &format!("CREATE DATABASE \"{name}\""),
-        ]));
-        Self(name.to_string())
-    }
-}
-
-impl Drop for DatabaseGuard {
-    fn drop(&mut self) {
-        let _ = docker()
-            .args([
-                "exec",
-                DB_CONTAINER,
-                "psql",
-                "-U",
-                "demo",
-                "-d",
-                "demo",
-                "-qc",
-                &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.0),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
 }
 
 /// Kills the child (an `ssh -N -L ...`) when dropped.
@@ -251,8 +145,8 @@ fn demo_app_v1_migrates_and_then_answers_ready_on_the_lab_database() {
     // The env file as the lab wrote it, with only the database name swapped for our own
     // (a later -e wins over --env-file).
     let name = unique("berth-labtest");
-    let db = DatabaseGuard::create(&name.replace('-', "_"));
-    let own_url = format!("DATABASE_URL={base}{}", db.0);
+    let db = Db::create(name.replace('-', "_"));
+    let own_url = format!("DATABASE_URL={base}{}", db.name);
     let image = format!("{DEMO_IMAGE}:v1");
     let common = |cmd: &mut Command| {
         cmd.args([
@@ -267,14 +161,14 @@ fn demo_app_v1_migrates_and_then_answers_ready_on_the_lab_database() {
     };
 
     let migrate = format!("{name}-migrate");
-    let _migrate_guard = ContainerGuard(migrate.clone());
+    let _migrate_guard = Containers(vec![migrate.clone()]);
     let mut cmd = docker();
     cmd.args(["run", "--rm", "--name", &migrate]);
     common(&mut cmd);
     cmd.args([&image, "migrate"]);
     run_ok(&mut cmd);
 
-    let _app_guard = ContainerGuard(name.clone());
+    let _app_guard = Containers(vec![name.clone()]);
     let mut cmd = docker();
     cmd.args(["run", "-d", "--name", &name, "-p", "127.0.0.1::8080"]);
     common(&mut cmd);

@@ -9,88 +9,45 @@
 //! containers when done, pass or fail.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use berth_api::environment::{PortRef, PortSpec, Probe, ProbeAction, SmokeCheck};
 use berth_api::values::Duration as D;
 use berth_controller::exec::monitor::{Monitor, ProbeKind, Watch};
 use berth_controller::exec::probe::{probe_once, Target};
 use berth_controller::exec::smoke::run_smoke;
-use berth_controller::host::local::LocalHost;
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::cmd::{docker, run_ok};
+use support::host::local_host;
+use support::lab::{Containers, Db, NETWORK};
 
 const IMAGE: &str = "127.0.0.1:5000/berth/demo-app:v1";
-const NETWORK: &str = "berth-lab";
-const DB_CONTAINER: &str = "berth-lab-db";
 
-/// Runs `args` (docker's), panics with its stderr unless it succeeds, returns stdout.
-/// Commands are shown by their first words only: nothing they carry is printed.
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run docker: {e}"));
-    assert!(
-        out.status.success(),
-        "`docker {}` failed: {}",
-        args.iter().take(2).copied().collect::<Vec<_>>().join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn psql(sql: &str) -> String {
-    docker(&[
-        "exec",
-        DB_CONTAINER,
-        "psql",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-U",
-        "demo",
-        "-d",
-        "demo",
-        "-Atc",
-        sql,
-    ])
-}
-
-/// What this test made, removed on drop whatever happened.
+/// What this test made, removed on drop whatever happened: its containers first, then
+/// its database (the fields drop in this order), then its directory.
 struct Scratch {
-    id: String,
+    containers: Containers,
+    db: Db,
     dir: tempfile::TempDir,
-    containers: Vec<String>,
+    id: String,
 }
 
 impl Scratch {
     fn new() -> Scratch {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let id = support::names::stamp("_");
         let s = Scratch {
-            id: format!("{}_{nanos:x}", std::process::id()),
+            containers: Containers::default(),
+            db: Db::create(format!("probe_{id}")),
             dir: tempfile::tempdir().expect("a temporary directory"),
-            containers: Vec::new(),
+            id,
         };
-        psql(&format!("create database {}", s.database()));
         // The app's settings in an env file (mode 0600), as Berth passes them.
-        let env_file = s.env_file();
-        std::fs::write(
-            &env_file,
-            format!(
-                "DATABASE_URL=postgres://demo:demo@{DB_CONTAINER}:5432/{}\n",
-                s.database()
-            ),
-        )
-        .expect("env file");
+        std::fs::write(s.env_file(), format!("DATABASE_URL={}\n", s.db.url())).expect("env file");
         s
-    }
-
-    fn database(&self) -> String {
-        format!("probe_{}", self.id)
     }
 
     fn env_file(&self) -> String {
@@ -102,48 +59,6 @@ impl Scratch {
         self.containers.push(name.clone());
         name
     }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        for c in &self.containers {
-            let _ = Command::new("docker")
-                .args(["rm", "-f", c])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = Command::new("docker")
-            .args([
-                "exec",
-                DB_CONTAINER,
-                "psql",
-                "-U",
-                "demo",
-                "-d",
-                "demo",
-                "-c",
-            ])
-            .arg(format!(
-                "drop database if exists {} with (force)",
-                self.database()
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-async fn local_host() -> LocalHost {
-    let text =
-        "apiVersion: berth.dev/v1\nkind: Host\nmetadata: {name: local}\nspec: {address: local}\n";
-    let manifests = berth_api::load_texts(vec![("host.yaml".into(), text.into())])
-        .into_manifests()
-        .map_err(|l| l.diagnostics)
-        .expect("a valid Host manifest");
-    LocalHost::connect("local", &manifests.hosts["local"].spec)
-        .await
-        .expect("the local Docker engine answers")
 }
 
 fn probe(action: ProbeAction) -> Probe {
@@ -183,7 +98,7 @@ async fn probes_and_smoke_checks_against_the_demo_app() {
     let mut scratch = Scratch::new();
     let app = scratch.name("app");
     let env_file = scratch.env_file();
-    docker(&[
+    run_ok(docker().args([
         "run",
         "-d",
         "--name",
@@ -195,8 +110,8 @@ async fn probes_and_smoke_checks_against_the_demo_app() {
         "--env-file",
         &env_file,
         IMAGE,
-    ]);
-    let published = docker(&["port", &app, "8080/tcp"]);
+    ]));
+    let published = run_ok(docker().args(["port", &app, "8080/tcp"]));
     let port: u16 = published
         .lines()
         .next()
@@ -247,7 +162,7 @@ async fn probes_and_smoke_checks_against_the_demo_app() {
 
     // ...and passes after it.
     let migrate = scratch.name("migrate");
-    docker(&[
+    run_ok(docker().args([
         "run",
         "--rm",
         "--name",
@@ -258,7 +173,7 @@ async fn probes_and_smoke_checks_against_the_demo_app() {
         &env_file,
         IMAGE,
         "migrate",
-    ]);
+    ]));
     let ready = probe_once(host.as_ref(), &http("/ready"), &target).await;
     assert_eq!((ready.ok, ready.output.as_str()), (true, "HTTP 200: ready"));
     let flip = tokio::time::timeout(Duration::from_secs(10), flips.recv())

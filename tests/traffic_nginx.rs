@@ -9,7 +9,7 @@
 //! it when done (pass or fail).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_api::environment::NginxTraffic;
@@ -17,9 +17,15 @@ use berth_controller::exec::http::{request, Request};
 use berth_controller::exec::traffic::{
     apply_nginx, backends_in, current_upstream, render_upstream,
 };
-use berth_controller::host::local::LocalHost;
 use berth_controller::host::Host;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::cmd::{must, quietly};
+use support::host::local_host;
+use support::net::free_port;
 
 const ENV: &str = "berth-traffic-test";
 
@@ -78,17 +84,7 @@ impl Nginx {
         // the empty one, which is also what Berth writes before any replica is ready.
         std::fs::write(n.upstream_file(), render_upstream(ENV, &[])).expect("upstream file");
         std::fs::write(d.join("nginx.conf"), conf(&d, port)).expect("nginx.conf");
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(format!("nginx {}", n.args()))
-            .stdin(Stdio::null())
-            .output()
-            .expect("nginx runs");
-        assert!(
-            out.status.success(),
-            "nginx did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        must(&format!("nginx {}", n.args()));
         n
     }
 }
@@ -101,9 +97,7 @@ impl Drop for Nginx {
             .ok()
             .and_then(|p| p.trim().parse::<u32>().ok())
         {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+            quietly(Command::new("kill").args(["-TERM", &pid.to_string()]));
             let deadline = Instant::now() + Duration::from_secs(10);
             while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -143,13 +137,6 @@ http {{
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// A backend on 127.0.0.1:0 answering every request with `body`; its port.
 async fn backend(body: &'static str) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -177,18 +164,6 @@ async fn backend(body: &'static str) -> u16 {
         }
     });
     port
-}
-
-async fn local_host() -> LocalHost {
-    let text =
-        "apiVersion: berth.dev/v1\nkind: Host\nmetadata: {name: local}\nspec: {address: local}\n";
-    let manifests = berth_api::load_texts(vec![("host.yaml".into(), text.into())])
-        .into_manifests()
-        .map_err(|l| l.diagnostics)
-        .expect("a valid Host manifest");
-    LocalHost::connect("local", &manifests.hosts["local"].spec)
-        .await
-        .expect("the local Docker engine answers")
 }
 
 /// What nginx answers on `/`: `"<status> <body>"`.
