@@ -107,23 +107,7 @@ pub async fn run_step(cx: &Ctx<'_>, step: Step) -> Result<StepResult, ExecError>
         }
         Step::Migrate => run_migration(cx, op, st).await,
         Step::SmokeCandidate => {
-            for c in revision_replicas(&cx.containers().await?, op.to, cx.spec.replicas) {
-                let port = c.port.ok_or_else(|| {
-                    cx.failed(
-                        "smoke check",
-                        format!("{} has no published port", c.name),
-                        false,
-                    )
-                })?;
-                smoke::run_smoke(
-                    cx.host,
-                    &cx.spec.smoke,
-                    publish_addr(cx.spec),
-                    port,
-                    SMOKE_TIMEOUT,
-                )
-                .await?;
-            }
+            smoke_revision(cx, op.to).await?;
             done(StepOutput::None)
         }
         Step::SwitchTraffic => {
@@ -137,20 +121,7 @@ pub async fn run_step(cx: &Ctx<'_>, step: Step) -> Result<StepResult, ExecError>
         Step::Verify => {
             // The soak itself is timed by the planner; what runs here is the smoke checks
             // once more against the revision now serving.
-            if !cx.spec.smoke.is_empty() {
-                for c in revision_replicas(&cx.containers().await?, op.to, cx.spec.replicas) {
-                    if let Some(port) = c.port {
-                        smoke::run_smoke(
-                            cx.host,
-                            &cx.spec.smoke,
-                            publish_addr(cx.spec),
-                            port,
-                            SMOKE_TIMEOUT,
-                        )
-                        .await?;
-                    }
-                }
-            }
+            smoke_revision(cx, op.to).await?;
             Ok(StepResult::Pending {
                 recheck: Duration::from_millis(500),
                 message: format!("verifying revision {}", op.to),
@@ -171,6 +142,31 @@ pub async fn run_step(cx: &Ctx<'_>, step: Step) -> Result<StepResult, ExecError>
         }
         Step::Prune => prune(cx, op).await.map(StepResult::Done),
     }
+}
+
+/// Runs the smoke checks against each replica of `rev`, on its own published port.
+async fn smoke_revision(cx: &Ctx<'_>, rev: Revision) -> Result<(), ExecError> {
+    if cx.spec.smoke.is_empty() {
+        return Ok(());
+    }
+    for c in revision_replicas(&cx.containers().await?, rev, cx.spec.replicas) {
+        let port = c.port.ok_or_else(|| {
+            cx.failed(
+                "smoke check",
+                format!("{} has no published port", c.name),
+                false,
+            )
+        })?;
+        smoke::run_smoke(
+            cx.host,
+            &cx.spec.smoke,
+            publish_addr(cx.spec),
+            port,
+            SMOKE_TIMEOUT,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 fn publish_addr(spec: &EnvironmentSpec) -> &str {
