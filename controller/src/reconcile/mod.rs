@@ -47,6 +47,8 @@ pub enum ReconcileError {
     Exec(#[from] crate::exec::ExecError),
     #[error("environment {env}: {message}")]
     Config { env: String, message: String },
+    #[error("host {host}: SSH hosts are not supported yet")]
+    SshNotSupported { host: String },
 }
 
 /// A connected host, with the probe monitor watching its containers.
@@ -150,9 +152,8 @@ impl Controller {
         let host: Arc<dyn Host> = match spec.address {
             Address::Local => Arc::new(LocalHost::connect(name, spec).await?),
             Address::Ssh { .. } => {
-                return Err(ReconcileError::Config {
-                    env: String::new(),
-                    message: format!("host {name}: SSH hosts are not supported yet"),
+                return Err(ReconcileError::SshNotSupported {
+                    host: name.to_owned(),
                 })
             }
         };
