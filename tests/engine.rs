@@ -139,7 +139,7 @@ impl World {
             "    liveness: {http: {path: /health, port: http}, interval: 1s, failureThreshold: 2}".to_owned(),
             "  smoke: [{name: write, method: POST, path: /rows, body: smoke, expectStatus: 201}]".to_owned(),
             format!("  strategy: {{type: {}, progressDeadline: 20s, verifyFor: {}, drainFor: 2s}}", o.strategy, o.verify_for),
-            format!("  traffic: {{nginx: {{upstreamFile: {n}/upstream.conf, test: 'nginx -t -q -c {n}/nginx.conf', reload: 'nginx -c {n}/nginx.conf -s reload'}}}}"),
+            format!("  traffic: {{nginx: {{upstreamFile: {n}/upstream.conf, listen: '127.0.0.1:{}', test: 'nginx -t -q -c {n}/nginx.conf', reload: 'nginx -c {n}/nginx.conf -s reload'}}}}", self.nginx_port),
             format!("  migration: {{policy: {}, command: [/demo-app, migrate], timeout: 2m}}", o.policy),
             format!("  backup: {{postgres: {{container: berth-lab-db, database: {env}, user: demo}}, directory: {dir}/backups, keep: 3}}"),
         ];

@@ -63,6 +63,7 @@ impl Nginx {
                 self.reloads().display()
             ),
             port: None,
+            listen: None,
         }
     }
 

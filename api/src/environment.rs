@@ -159,6 +159,10 @@ pub struct NginxTraffic {
     pub test: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<PortRef>,
+    /// Where nginx serves this environment on the host (`127.0.0.1:8081`): smoke checks
+    /// run through it after the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -474,6 +478,12 @@ fn traffic() -> Shape {
                             Shape::Str(values::ABS_PATH),
                             Required,
                             "The file holding this environment's `upstream` block.",
+                        ),
+                        field(
+                            "listen",
+                            Shape::Str(values::LISTEN),
+                            Optional,
+                            "Where nginx serves this environment on the host (address:port); smoke checks run through it after the switch.",
                         ),
                         field(
                             "reload",

@@ -146,6 +146,17 @@ pub const NON_EMPTY: StrKind = StrKind {
     }),
 };
 
+/// `address:port` a proxy listens on, as seen from the host.
+pub const LISTEN: StrKind = StrKind {
+    expected: "an address and port such as 127.0.0.1:8080",
+    pattern: Some("^[^\\s]+:[0-9]{1,5}$"),
+    check: Some(|s| {
+        s.parse::<std::net::SocketAddr>()
+            .map(|_| ())
+            .map_err(|_| format!("`{s}` is not an address:port"))
+    }),
+};
+
 pub const IP_ADDR: StrKind = StrKind {
     expected: "an IP address such as 127.0.0.1 or 0.0.0.0",
     pattern: None,

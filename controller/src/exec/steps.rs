@@ -120,8 +120,14 @@ pub async fn run_step(cx: &Ctx<'_>, step: Step) -> Result<StepResult, ExecError>
         }
         Step::Verify => {
             // The soak itself is timed by the planner; what runs here is the smoke checks
-            // once more against the revision now serving.
-            smoke_revision(cx, op.to).await?;
+            // once more: through the proxy when Berth knows where it listens, else against
+            // the revision now serving.
+            match proxy_listen(cx.spec) {
+                Some((addr, port)) if !cx.spec.smoke.is_empty() => {
+                    smoke::run_smoke(cx.host, &cx.spec.smoke, &addr, port, SMOKE_TIMEOUT).await?
+                }
+                _ => smoke_revision(cx, op.to).await?,
+            }
             Ok(StepResult::Pending {
                 recheck: Duration::from_millis(500),
                 message: format!("verifying revision {}", op.to),
@@ -167,6 +173,15 @@ async fn smoke_revision(cx: &Ctx<'_>, rev: Revision) -> Result<(), ExecError> {
         .await?;
     }
     Ok(())
+}
+
+/// Where the traffic switch serves the environment, if the manifest says.
+fn proxy_listen(spec: &EnvironmentSpec) -> Option<(String, u16)> {
+    let Traffic::Nginx(n) = &spec.traffic else {
+        return None;
+    };
+    let addr: std::net::SocketAddr = n.listen.as_deref()?.parse().ok()?;
+    Some((addr.ip().to_string(), addr.port()))
 }
 
 fn publish_addr(spec: &EnvironmentSpec) -> &str {

@@ -216,6 +216,7 @@ mod tests {
             reload: "nginx -s reload".into(),
             test: "nginx -t".into(),
             port: None,
+            listen: None,
         }
     }
 
