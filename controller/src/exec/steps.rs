@@ -23,6 +23,8 @@ use crate::store::{BackupRecord, Store};
 /// How long a replica gets to stop cleanly.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 const SMOKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a proxy may take to serve a new configuration after a switch.
+const PROXY_SETTLE: Duration = Duration::from_secs(5);
 
 /// What running a step came to.
 #[derive(Debug)]
@@ -124,7 +126,7 @@ pub async fn run_step(cx: &Ctx<'_>, step: Step) -> Result<StepResult, ExecError>
             // the revision now serving.
             match proxy_listen(cx.spec) {
                 Some((addr, port)) if !cx.spec.smoke.is_empty() => {
-                    smoke::run_smoke(cx.host, &cx.spec.smoke, &addr, port, SMOKE_TIMEOUT).await?
+                    smoke_through_proxy(cx, &addr, port).await?
                 }
                 _ => smoke_revision(cx, op.to).await?,
             }
@@ -173,6 +175,20 @@ async fn smoke_revision(cx: &Ctx<'_>, rev: Revision) -> Result<(), ExecError> {
         .await?;
     }
     Ok(())
+}
+
+/// Runs the smoke checks through the proxy. `nginx -s reload` returns before the new
+/// workers take over, so the first requests after a switch may still meet the old
+/// configuration: the checks get a few seconds to pass before they count as failed.
+async fn smoke_through_proxy(cx: &Ctx<'_>, addr: &str, port: u16) -> Result<(), ExecError> {
+    let deadline = tokio::time::Instant::now() + PROXY_SETTLE;
+    loop {
+        match smoke::run_smoke(cx.host, &cx.spec.smoke, addr, port, SMOKE_TIMEOUT).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
 }
 
 /// Where the traffic switch serves the environment, if the manifest says.
