@@ -160,6 +160,9 @@ pub(super) async fn reconcile_env(
                     format!("{}: {}", new.reason, steps.join(" → ")),
                     Some(op.id),
                 );
+                // Back through the queue at once: the status file shows the new rollout
+                // before its first step (a pull may take a while) begins.
+                return Ok(Duration::ZERO);
             }
             Action::Run { phase, index, step } => {
                 let op = active
