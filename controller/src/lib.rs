@@ -4,11 +4,12 @@
 //! # Layout
 //! - [`model`]: the shared vocabulary — revisions, container names and labels, templates.
 //! - [`host`]: the ways to reach a Docker host (trait; local socket; a fake for tests).
-//! - `plan` (pure): desired spec + observed state + journal + now → the next step.
-//! - `exec`: performs one step against a host: observe, act only if missing, verify.
+//! - [`op`]: an operation (a rollout) as journaled events, its status derived by replay.
+//! - [`plan`] (pure): desired spec + observed state + journal + now → the next action.
+//! - [`exec`]: performs one step against a host: observe, act only if missing, verify.
 //! - [`store`]: the sled journal — operations, environment state, revisions, backups, events.
-//! - `reconcile`: the loop — work queue, triggers, backoff.
-//! - `source`: where desired state comes from (a watched directory).
+//! - [`reconcile`]: the loop — work queue, triggers, observe/plan/act, backoff, status files.
+//! - [`source`]: where desired state comes from (a watched directory).
 //! - [`ctl`]: berthctl's commands (the binary only dispatches to them).
 
 pub mod ctl;

@@ -35,7 +35,7 @@ use crate::host::{Host, HostError};
 use crate::source::Snapshot;
 use crate::store::{EventKind, NewEvent, Store, StoreError};
 
-pub use act::now_millis;
+use act::now_millis;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
