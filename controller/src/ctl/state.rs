@@ -12,7 +12,7 @@ use crate::reconcile::status::{self, EnvStatus, OpStatus, StepLine};
 /// `--state DIR`: berthd's state directory, whose `status/` berthctl reads.
 #[derive(Args, Clone, Debug)]
 pub struct StateArgs {
-    /// berthd's state directory (berthd --state), where it writes status/<env>.json.
+    /// berthd's state directory (berthd --state), where it writes `status/<env>.json`.
     #[arg(long, value_name = "DIR", default_value = ".berth")]
     pub state: PathBuf,
 }
