@@ -7,7 +7,7 @@
 //!   document against it (collecting every error), fills defaults, emits JSON Schema.
 //! - [`host`], [`environment`], [`resource`]: the typed resources and their shapes.
 //! - [`values`]: durations, image references, port ranges, addresses.
-//! - [`check`]: rules across fields and documents (names that must exist, ports, canary
+//! - `check`: rules across fields and documents (names that must exist, ports, canary
 //!   steps, a backup for every Breaking migration).
 //! - [`load`]: files and directories in, [`Manifests`] and [`Diagnostic`]s out.
 //! - [`diag`]: diagnostics and their compiler-like rendering.
