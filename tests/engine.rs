@@ -178,6 +178,23 @@ impl World {
         }
     }
 
+    /// SIGTERM, then the exit status (berthd finishes the steps under way first).
+    fn term(&mut self) -> std::process::ExitStatus {
+        let mut c = self.berthd.take().expect("berthd runs");
+        must(&format!("kill -TERM {}", c.id()));
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "berthd did not stop within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn status(&self) -> Value {
         let p = self.path(&format!("state/status/{}.json", self.env));
         std::fs::read(&p)
@@ -677,11 +694,27 @@ fn a_removed_replica_and_a_hand_edited_upstream_are_repaired_within_five_seconds
     assert_eq!(w.psql("select count(*) from demo_migrate_runs"), "1");
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    Kill9,
+    Term,
+}
+
 #[test]
 #[ignore = "needs the lab: hack/lab up"]
 fn killing_berthd_during_the_migration_does_not_run_it_twice() {
+    stopping_berthd_during_the_migration(Stop::Kill9, "k9", 31500);
+}
+
+#[test]
+#[ignore = "needs the lab: hack/lab up"]
+fn sigterm_during_the_migration_stops_cleanly_and_the_rollout_resumes() {
+    stopping_berthd_during_the_migration(Stop::Term, "tm", 31700);
+}
+
+fn stopping_berthd_during_the_migration(stop: Stop, tag: &str, port_base: u16) {
     let _g = serial();
-    let mut w = World::new("k9", 31500);
+    let mut w = World::new(tag, port_base);
     let slow = |image| EnvOpts {
         image,
         extra: "  env: {DEMO_MIGRATE_DELAY: \"6\"}\n".into(),
@@ -691,7 +724,7 @@ fn killing_berthd_during_the_migration_does_not_run_it_twice() {
     w.start();
     w.wait_serving(1);
     w.write_manifest(&slow("v2"));
-    // Wait for the migration container of the rollout to be running, then kill -9.
+    // Wait for the migration container of the rollout to be running, then stop berthd.
     let end = Instant::now() + Duration::from_secs(60);
     loop {
         if w.containers()
@@ -707,7 +740,18 @@ fn killing_berthd_during_the_migration_does_not_run_it_twice() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    w.kill9();
+    match stop {
+        Stop::Kill9 => w.kill9(),
+        Stop::Term => {
+            let status = w.term();
+            assert!(status.success(), "berthd exited with {status} on SIGTERM");
+            assert!(
+                w.log().contains("the journal is resumable"),
+                "{}",
+                tail(&w.log(), 20)
+            );
+        }
+    }
     std::thread::sleep(Duration::from_secs(1));
     w.start();
     w.wait_serving(2);
