@@ -236,7 +236,7 @@ impl Status {
             })
     }
 
-    /// When `step` (forward phase) succeeded.
+    /// When `step` first succeeded, in either phase.
     pub fn succeeded_at(&self, step: Step) -> Option<Millis> {
         self.forward
             .iter()
