@@ -478,6 +478,24 @@ fn with_nothing_ready_traffic_is_left_alone() {
     assert!(matches!(a, Action::Idle { .. }), "{a:?}");
 }
 
+/// Plans `web` (desired template `hash2`) while `op` rolls out from revision 1, with
+/// these containers and no observed traffic.
+fn during(
+    spec: &EnvironmentSpec,
+    containers: Vec<(ContainerInfo, Health)>,
+    op: Operation,
+    now: Millis,
+) -> Action {
+    plan(
+        "web",
+        spec,
+        "hash2",
+        &observed(containers, None),
+        &with_op(op, Some(1)),
+        now,
+    )
+}
+
 fn with_op(op: Operation, current: Option<Revision>) -> Journal {
     let mut j = journal_at(current);
     j.revisions.push((op.to, format!("hash{}", op.to)));
@@ -489,14 +507,7 @@ fn with_op(op: Operation, current: Option<Revision>) -> Journal {
 fn a_pending_or_interrupted_action_step_is_run_again() {
     let s = spec();
     let op = operation(&s, Some(1), 2, vec![]);
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(vec![], None),
-        &with_op(op, Some(1)),
-        0,
-    );
+    let a = during(&s, vec![], op, 0);
     assert_eq!(
         a,
         Action::Run {
@@ -508,14 +519,7 @@ fn a_pending_or_interrupted_action_step_is_run_again() {
     // Started but never finished (a crash): the same step runs again, observing first.
     let log = log_until(&s, Some(1), Migrate, 5);
     let op = operation(&s, Some(1), 2, log);
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(running_ready(1, 2), None),
-        &with_op(op, Some(1)),
-        10,
-    );
+    let a = during(&s, running_ready(1, 2), op, 10);
     assert_eq!(
         a,
         Action::Run {
@@ -549,14 +553,7 @@ fn a_step_that_keeps_failing_gives_up() {
         ));
     }
     let op = operation(&s, Some(1), 2, log);
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(vec![], None),
-        &with_op(op, Some(1)),
-        0,
-    );
+    let a = during(&s, vec![], op, 0);
     assert!(
         matches!(&a, Action::Fail { index: 0, error, .. } if error.contains("registry down")),
         "{a:?}"
@@ -570,14 +567,7 @@ fn wait_ready_completes_waits_or_fails_at_the_deadline() {
     let op = || operation(&s, Some(1), 2, log_until(&s, Some(1), WaitReady, 1_000));
     let mut old_and_new = running_ready(1, 2);
     old_and_new.extend(running_ready(2, 2));
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(old_and_new, None),
-        &with_op(op(), Some(1)),
-        2_000,
-    );
+    let a = during(&s, old_and_new, op(), 2_000);
     assert!(
         matches!(a, Action::Complete { index, .. } if index == wr),
         "{a:?}"
@@ -585,40 +575,19 @@ fn wait_ready_completes_waits_or_fails_at_the_deadline() {
     let mut unready = running_ready(1, 2);
     unready.push(replica(2, 0, ContainerState::Running, Some(true)));
     unready.push(replica(2, 1, ContainerState::Running, Some(false)));
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(unready.clone(), None),
-        &with_op(op(), Some(1)),
-        30_000,
-    );
+    let a = during(&s, unready.clone(), op(), 30_000);
     assert!(
         matches!(&a, Action::Wait { message, .. } if message.contains("1 of 2")),
         "{a:?}"
     );
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(unready, None),
-        &with_op(op(), Some(1)),
-        62_000,
-    );
+    let a = during(&s, unready, op(), 62_000);
     assert!(
         matches!(&a, Action::Fail { error, .. } if error.contains("progress deadline of 1m") && error.contains("HTTP 503: not yet")),
         "{a:?}"
     );
     let mut crashed = running_ready(1, 2);
     crashed.push(replica(2, 0, ContainerState::Exited(1), None));
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(crashed, None),
-        &with_op(op(), Some(1)),
-        3_000,
-    );
+    let a = during(&s, crashed, op(), 3_000);
     assert!(
         matches!(&a, Action::Fail { error, .. } if error.contains("exited with code 1")),
         "{a:?}"
@@ -631,34 +600,13 @@ fn verify_soaks_then_completes_and_fails_if_the_candidate_falters() {
     let op = || operation(&s, Some(1), 2, log_until(&s, Some(1), Verify, 10_000));
     let mut both = running_ready(1, 2);
     both.extend(running_ready(2, 2));
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(both.clone(), None),
-        &with_op(op(), Some(1)),
-        15_000,
-    );
+    let a = during(&s, both.clone(), op(), 15_000);
     assert!(matches!(a, Action::Wait { .. }), "{a:?}");
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(both.clone(), None),
-        &with_op(op(), Some(1)),
-        30_000,
-    );
+    let a = during(&s, both.clone(), op(), 30_000);
     assert!(matches!(a, Action::Complete { .. }), "{a:?}");
     let mut crashed = both;
     crashed[3].0.state = ContainerState::Exited(1);
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(crashed, None),
-        &with_op(op(), Some(1)),
-        15_000,
-    );
+    let a = during(&s, crashed, op(), 15_000);
     assert!(
         matches!(&a, Action::Fail { error, .. } if error.contains("during verification")),
         "{a:?}"
@@ -678,14 +626,7 @@ fn the_old_revision_is_retired_only_after_the_drain() {
         }
     }
     let op = || operation(&s, Some(1), 2, log.clone());
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(vec![], None),
-        &with_op(op(), Some(1)),
-        12_000,
-    );
+    let a = during(&s, vec![], op(), 12_000);
     assert_eq!(
         a,
         Action::Wait {
@@ -693,14 +634,7 @@ fn the_old_revision_is_retired_only_after_the_drain() {
             message: "draining the old revision".into()
         }
     );
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(vec![], None),
-        &with_op(op(), Some(1)),
-        15_000,
-    );
+    let a = during(&s, vec![], op(), 15_000);
     assert!(
         matches!(
             a,
@@ -730,14 +664,7 @@ fn approval_gates_the_rollout() {
             )],
         )
     };
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(vec![], None),
-        &with_op(op(), Some(1)),
-        0,
-    );
+    let a = during(&s, vec![], op(), 0);
     assert!(
         matches!(&a, Action::Wait { message, .. } if message.contains("berthctl approve web")),
         "{a:?}"
@@ -819,14 +746,7 @@ fn a_failed_step_rolls_back_with_steps_that_undo_what_was_done() {
     ];
     for (name, s, step, want) in cases {
         let op = failed_at(s, step);
-        let a = plan(
-            "web",
-            s,
-            "hash2",
-            &observed(vec![], None),
-            &with_op(op, Some(1)),
-            5,
-        );
+        let a = during(s, vec![], op, 5);
         match a {
             Action::BeginRollback { reason, steps } => {
                 assert_eq!(steps, want, "{name}");
@@ -843,14 +763,7 @@ fn a_failed_step_rolls_back_with_steps_that_undo_what_was_done() {
 #[test]
 fn without_automatic_rollback_a_failure_stops_for_an_operator() {
     let s = spec_with("  rollback: {automatic: false}\n", 1);
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(vec![], None),
-        &with_op(failed_at(&s, WaitReady), Some(1)),
-        5,
-    );
+    let a = during(&s, vec![], failed_at(&s, WaitReady), 5);
     assert!(
         matches!(&a, Action::Finish(Outcome::Failed { reason }) if reason.contains("rollout undo")),
         "{a:?}"
@@ -860,14 +773,7 @@ fn without_automatic_rollback_a_failure_stops_for_an_operator() {
 #[test]
 fn a_failed_prune_does_not_undo_a_healthy_rollout() {
     let s = spec();
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(vec![], None),
-        &with_op(failed_at(&s, Prune), Some(1)),
-        5,
-    );
+    let a = during(&s, vec![], failed_at(&s, Prune), 5);
     assert_eq!(a, Action::Finish(Outcome::Succeeded));
 }
 
@@ -936,14 +842,7 @@ fn finished_phases_finish_the_operation() {
             output: StepOutput::None,
         },
     });
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(vec![], None),
-        &with_op(op.clone(), Some(1)),
-        5,
-    );
+    let a = during(&s, vec![], op.clone(), 5);
     assert_eq!(
         a,
         Action::Finish(Outcome::RolledBack {
@@ -961,14 +860,7 @@ fn finished_phases_finish_the_operation() {
             retryable: false,
         },
     });
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(vec![], None),
-        &with_op(op, Some(1)),
-        5,
-    );
+    let a = during(&s, vec![], op, 5);
     assert!(
         matches!(&a, Action::Finish(Outcome::Failed { reason }) if reason.contains("nginx -t failed") && reason.contains("verify failed")),
         "{a:?}"
@@ -1008,14 +900,7 @@ fn waiting_for_the_old_revision_during_a_rollback() {
             index: 1,
         },
     });
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(running_ready(1, 1), None),
-        &with_op(op, Some(1)),
-        6,
-    );
+    let a = during(&s, running_ready(1, 1), op, 6);
     assert!(
         matches!(
             a,
@@ -1045,13 +930,6 @@ fn an_unreplayable_journal_is_reported_not_guessed() {
             },
         )],
     );
-    let a = plan(
-        "web",
-        &s,
-        "hash2",
-        &observed(vec![], None),
-        &with_op(op, Some(1)),
-        0,
-    );
+    let a = during(&s, vec![], op, 0);
     assert!(matches!(a, Action::Broken { .. }), "{a:?}");
 }
