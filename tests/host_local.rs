@@ -25,8 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod support;
 
 use support::cmd::{docker, run_ok, sha256sum};
-use support::lab::{lab_dir, Containers, Network, Volume, DB_CONTAINER, NETWORK};
-use support::names::unique;
+use support::lab::{lab_dir, Containers, Db, Network, Volume, DB_CONTAINER, NETWORK};
+use support::names::{unique, unique_with};
 use support::net::free_port;
 
 const IMAGE: &str = "127.0.0.1:5000/berth/demo-app:v1";
@@ -341,13 +341,18 @@ async fn exec_returns_the_exit_code_stdout_and_stderr() {
 
 #[tokio::test]
 #[ignore = "needs the lab: hack/lab up"]
-async fn a_pg_dump_streamed_to_a_file_matches_sha256sum_and_streams_back_into_pg_restore() {
+async fn a_pg_dump_of_its_own_database_streamed_to_a_file_matches_sha256sum_and_streams_back_into_pg_restore(
+) {
     let host = local().await;
+    // The test's own database with a table of its own: nothing here depends on what the
+    // demo, another test or an earlier run left in the lab.
+    let db = Db::create(unique_with("hostdump", "_"));
+    db.psql("create table dump_probe_rows (id int primary key); insert into dump_probe_rows values (1), (2)");
     let dir = tempfile::tempdir().expect("a temp dir");
     // A directory that does not exist yet: backups go to fresh ones.
     let dump = dir.path().join("backups/demo.dump");
     let dump_path = dump.display().to_string();
-    let cmd = strings(&["pg_dump", "-U", "demo", "-d", "demo", "-Fc"]);
+    let cmd = strings(&["pg_dump", "-U", "demo", "-d", &db.name, "-Fc"]);
     let out = host
         .exec_to_file(DB_CONTAINER, &cmd, &dump_path)
         .await
@@ -373,7 +378,11 @@ async fn a_pg_dump_streamed_to_a_file_matches_sha256sum_and_streams_back_into_pg
         .await
         .expect("exec_from_file");
     assert!(listing.success(), "{listing:?}");
-    assert!(listing.stdout.contains("demo_rows"), "{}", listing.stdout);
+    assert!(
+        listing.stdout.contains("dump_probe_rows"),
+        "{}",
+        listing.stdout
+    );
 
     let sql = dir.path().join("q.sql");
     std::fs::write(&sql, "SELECT 40 + 2;\n").expect("writing SQL");
