@@ -22,12 +22,46 @@ fn text(b: &[u8]) -> String {
 }
 
 #[test]
-fn validate_accepts_the_sample_manifests_with_a_one_line_summary() {
+fn validate_accepts_the_sample_manifests_and_warns_of_what_the_engine_does_not_do_yet() {
     let out = berthctl(&["validate", "-f", "manifests/"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout).trim(),
-        "manifests/: valid: 3 hosts, 4 environments in 5 files"
+        "manifests/: valid: 3 hosts, 4 environments in 5 files (6 warnings)"
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("warning: not supported yet: an environment with traffic.haproxy is not rolled out (no side effect); use traffic.nginx or none"),
+        "{err}"
+    );
+    assert!(err.contains("manifests/demo-prod.yaml:38:7"), "{err}");
+    assert!(err.contains("^ spec.traffic.haproxy"), "{err}");
+    assert!(
+        err.contains("warning: not supported yet: environments on this host are not deployed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_lists_warnings_in_json_with_their_path() {
+    let out = berthctl(&[
+        "validate",
+        "-o",
+        "json",
+        "-f",
+        "tests/fixtures/warnings/02-notify.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let arr = v.as_array().expect("an array");
+    assert_eq!(arr.len(), 1);
+    assert_eq!(arr[0]["severity"], "warning");
+    assert_eq!(arr[0]["path"], "spec.notify");
+    assert_eq!(arr[0]["line"], 9);
+    assert_eq!(arr[0]["column"], 5);
+    assert_eq!(
+        arr[0]["message"],
+        "not supported yet: no notification is sent"
     );
 }
 

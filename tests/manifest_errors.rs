@@ -8,7 +8,9 @@
 //!
 //! A line refers to the file it is written in. The set of diagnostics must match exactly:
 //! every expected one present, nothing else reported. Fixtures under
-//! `tests/fixtures/valid/` and the sample `manifests/` must load with no error.
+//! `tests/fixtures/warnings/` state only warnings, the same way: valid manifests using a
+//! field the engine does not act on yet. Fixtures under `tests/fixtures/valid/` and the
+//! sample `manifests/` must load with no error.
 
 use std::path::{Path, PathBuf};
 
@@ -82,13 +84,30 @@ fn fixture_files(fixture: &Path) -> Vec<PathBuf> {
     }
 }
 
-fn check_fixture(fixture: &Path) -> Result<usize, String> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fixture {
+    /// At least one error.
+    Invalid,
+    /// Warnings only, at least one.
+    Warnings,
+}
+
+fn check_fixture(fixture: &Path, what: Fixture) -> Result<usize, String> {
     let mut expected: Vec<Expect> = fixture_files(fixture)
         .iter()
         .flat_map(|f| expectations(f))
         .collect();
-    if expected.iter().all(|e| e.warning) {
-        return Err(format!("{}: states no expected error", fixture.display()));
+    match what {
+        Fixture::Invalid if expected.iter().all(|e| e.warning) => {
+            return Err(format!("{}: states no expected error", fixture.display()));
+        }
+        Fixture::Warnings if expected.is_empty() || expected.iter().any(|e| !e.warning) => {
+            return Err(format!(
+                "{}: states no warning, or an error",
+                fixture.display()
+            ));
+        }
+        _ => {}
     }
     let loaded = load_path(fixture);
     let mut got: Vec<Expect> = loaded.diagnostics.iter().map(actual).collect();
@@ -138,19 +157,23 @@ fn check_fixture(fixture: &Path) -> Result<usize, String> {
     }
 }
 
-#[test]
-fn every_invalid_fixture_reports_exactly_its_expected_errors() {
-    let dir = root().join("tests/fixtures/invalid");
-    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(&dir)
+fn fixtures(dir: &str) -> Vec<PathBuf> {
+    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(root().join(dir))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
     fixtures.sort();
+    fixtures
+}
+
+#[test]
+fn every_invalid_fixture_reports_exactly_its_expected_errors() {
+    let fixtures = fixtures("tests/fixtures/invalid");
     let mut failures = Vec::new();
     let mut checked = 0;
     let mut several = 0;
     for f in &fixtures {
-        match check_fixture(f) {
+        match check_fixture(f, Fixture::Invalid) {
             Ok(n) => {
                 checked += 1;
                 if n > 1 {
@@ -171,6 +194,46 @@ fn every_invalid_fixture_reports_exactly_its_expected_errors() {
     assert!(
         several >= 5,
         "only {several} fixtures with several errors at once"
+    );
+}
+
+#[test]
+fn every_field_the_engine_does_not_act_on_yet_is_a_warning_at_its_place() {
+    let fixtures = fixtures("tests/fixtures/warnings");
+    let failures: Vec<String> = fixtures
+        .iter()
+        .filter_map(|f| check_fixture(f, Fixture::Warnings).err())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(
+        fixtures.len() >= 6,
+        "only {} warning fixtures",
+        fixtures.len()
+    );
+}
+
+#[test]
+fn the_sample_manifests_warn_of_what_the_engine_does_not_do_yet() {
+    let loaded = load_path(&root().join("manifests"));
+    let mut got: Vec<String> = loaded
+        .diagnostics
+        .iter()
+        .map(|d| {
+            let file = d.file.file_name().unwrap().to_string_lossy();
+            format!("{file}:{}:{} {} {:?}", d.line, d.column, d.path, d.severity)
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "demo-prod.yaml:38:7 spec.traffic.haproxy Warning",
+            "demo-prod.yaml:57:13 spec.approval Warning",
+            "demo-prod.yaml:60:5 spec.notify Warning",
+            "demo-stage.yaml:42:5 spec.notify Warning",
+            "hosts.yaml:22:12 spec.address Warning",
+            "hosts.yaml:35:12 spec.address Warning",
+        ]
     );
 }
 
@@ -214,6 +277,7 @@ fn the_sample_manifests_hold_what_the_demo_needs() {
     let test = &m.environments["demo-test"].spec;
     assert_eq!(test.strategy.kind, StrategyType::BlueGreen);
     assert_eq!(test.migration.policy, MigrationPolicy::BackwardCompatible);
+    assert_eq!(test.depends_on, ["demo-db"]);
     assert_eq!(
         m.environments["demo-db"].spec.strategy.kind,
         StrategyType::Recreate

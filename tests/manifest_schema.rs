@@ -44,6 +44,7 @@ fn the_schema_accepts_every_valid_document() {
     for dir in [
         root().join("manifests"),
         root().join("tests/fixtures/valid"),
+        root().join("tests/fixtures/warnings"),
     ] {
         for (file, doc) in documents(&dir) {
             let errors: Vec<String> = v

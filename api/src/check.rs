@@ -1,6 +1,7 @@
 //! Checks that need more than one field or more than one document: names that must be
-//! unique or must exist, ports referred to by name, canary steps, and the rules that keep
-//! a rollback possible (a Breaking migration needs a backup to restore).
+//! unique or must exist, ports referred to by name, canary steps, dependencies between
+//! environments (no cycles), the rules that keep a rollback possible (a Breaking migration
+//! needs a backup to restore), and a warning for each field the engine does not act on yet.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,8 @@ use crate::environment::{
 };
 use crate::load::Doc;
 use crate::resource::{Kind, Manifests};
+use crate::shape::did_you_mean;
+use crate::support::{unsupported, unsupported_host, Unsupported};
 use crate::values::Address;
 
 pub(crate) fn across(m: &Manifests, docs: &[Doc]) -> Vec<Diagnostic> {
@@ -34,6 +37,7 @@ pub(crate) fn across(m: &Manifests, docs: &[Doc]) -> Vec<Diagnostic> {
         }
     }
     let mut upstreams: BTreeMap<String, &str> = BTreeMap::new();
+    let mut environments: Vec<&Doc> = Vec::new();
     // In file order, so an error about a clash lands on the later of the two documents.
     let firsts = docs.iter().filter(|d| {
         first
@@ -58,11 +62,14 @@ pub(crate) fn across(m: &Manifests, docs: &[Doc]) -> Vec<Diagnostic> {
                             }
                         }
                     }
+                    warn_unsupported(unsupported_host(&h.spec), doc, &mut out);
                 }
             }
             Kind::Environment => {
                 if let Some(env) = m.environments.get(*name) {
+                    environments.push(doc);
                     environment(&env.spec, m, doc, &mut out);
+                    warn_unsupported(unsupported(&env.spec), doc, &mut out);
                     if let Some(key) = traffic_key(&env.spec) {
                         if let Some(other) = upstreams.insert(key, &doc.name) {
                             out.push(doc.error(
@@ -75,7 +82,16 @@ pub(crate) fn across(m: &Manifests, docs: &[Doc]) -> Vec<Diagnostic> {
             }
         }
     }
+    dependency_cycles(m, &environments, &mut out);
     out
+}
+
+fn warn_unsupported(fields: Vec<Unsupported>, doc: &Doc, out: &mut Vec<Diagnostic>) {
+    out.extend(
+        fields
+            .into_iter()
+            .map(|u| doc.error(u.path, u.message).warning()),
+    );
 }
 
 /// Two environments rewriting one upstream file or one backend would undo each other.
@@ -98,12 +114,20 @@ fn names(items: impl Iterator<Item = String>) -> String {
 
 fn environment(spec: &EnvironmentSpec, m: &Manifests, doc: &Doc, out: &mut Vec<Diagnostic>) {
     if !m.hosts.contains_key(&spec.host) {
+        let known: Vec<&str> = m.hosts.keys().map(String::as_str).collect();
         out.push(
-            doc.error("spec.host", format!("no Host named `{}`", spec.host))
-                .expected(format!(
-                    "the name of a Host ({})",
-                    names(m.hosts.keys().cloned())
-                )),
+            doc.error(
+                "spec.host",
+                format!(
+                    "no Host named `{}`{}",
+                    spec.host,
+                    did_you_mean(&spec.host, &known)
+                ),
+            )
+            .expected(format!(
+                "the name of a Host ({})",
+                names(m.hosts.keys().cloned())
+            )),
         );
     }
 
@@ -191,6 +215,7 @@ fn environment(spec: &EnvironmentSpec, m: &Manifests, doc: &Doc, out: &mut Vec<D
 
     strategy(spec, doc, out);
     migration_and_backup(spec, m, doc, out);
+    depends_on(spec, m, doc, out);
 
     for key in spec.env.keys() {
         let upper = key.to_ascii_uppercase();
@@ -298,10 +323,11 @@ fn migration_and_backup(
         if let Some(BackupTarget::Postgres(p)) = &b.target {
             if let PostgresSource::Environment(e) = &p.source {
                 if !m.environments.contains_key(e) {
+                    let known: Vec<&str> = m.environments.keys().map(String::as_str).collect();
                     out.push(
                         doc.error(
                             "spec.backup.postgres.environment",
-                            format!("no Environment named `{e}`"),
+                            format!("no Environment named `{e}`{}", did_you_mean(e, &known)),
                         )
                         .expected(format!(
                             "the name of an Environment ({})",
@@ -321,6 +347,129 @@ fn migration_and_backup(
                 "a Breaking migration without a backup leaves nothing to restore on rollback",
             )
             .expected("spec.backup with `when: BeforeMigration` or `Always` and a target, or `migration.allowWithoutBackup: true`"),
+        );
+    }
+}
+
+/// `spec.dependsOn`: each entry names another Environment of the manifests, once.
+fn depends_on(spec: &EnvironmentSpec, m: &Manifests, doc: &Doc, out: &mut Vec<Diagnostic>) {
+    let others = || m.environments.keys().filter(|k| **k != doc.name);
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, dep) in spec.depends_on.iter().enumerate() {
+        let path = format!("spec.dependsOn[{i}]");
+        if let Some(j) = seen.get(dep.as_str()) {
+            out.push(doc.error(
+                &path,
+                format!("`{dep}` is already listed as spec.dependsOn[{j}]"),
+            ));
+            continue;
+        }
+        seen.insert(dep, i);
+        if *dep == doc.name {
+            out.push(
+                doc.error(&path, format!("environment `{dep}` depends on itself"))
+                    .expected(format!(
+                        "the name of another Environment ({})",
+                        names(others().cloned())
+                    )),
+            );
+        } else if !m.environments.contains_key(dep) {
+            let known: Vec<&str> = others().map(String::as_str).collect();
+            out.push(
+                doc.error(
+                    &path,
+                    format!("no Environment named `{dep}`{}", did_you_mean(dep, &known)),
+                )
+                .expected(format!(
+                    "the name of an Environment ({})",
+                    names(others().cloned())
+                )),
+            );
+        }
+    }
+}
+
+/// Environments waiting on each other in a circle would never roll out. Each cycle is
+/// reported once, named from its member that comes first in the files, at that member's
+/// `spec.dependsOn` entry leading into the cycle. (Self-dependence and unknown names are
+/// reported by [`depends_on`] and left out here.)
+fn dependency_cycles(m: &Manifests, envs: &[&Doc], out: &mut Vec<Diagnostic>) {
+    let order: BTreeMap<&str, usize> = envs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.name.as_str(), i))
+        .collect();
+    let edges: BTreeMap<&str, Vec<&str>> = envs
+        .iter()
+        .map(|d| {
+            let deps = m.environments[&d.name]
+                .spec
+                .depends_on
+                .iter()
+                .map(String::as_str)
+                .filter(|dep| *dep != d.name && order.contains_key(dep))
+                .collect();
+            (d.name.as_str(), deps)
+        })
+        .collect();
+    let mut cycles: Vec<Vec<&str>> = Vec::new();
+    let mut done: BTreeMap<&str, bool> = BTreeMap::new(); // false: on the current path
+    for root in envs {
+        let root = root.name.as_str();
+        if done.contains_key(root) {
+            continue;
+        }
+        // Depth-first without recursion: (environment, index of its next dependency).
+        let mut path: Vec<(&str, usize)> = vec![(root, 0)];
+        done.insert(root, false);
+        while let Some(&(node, next)) = path.last() {
+            let Some(&dep) = edges[node].get(next) else {
+                done.insert(node, true);
+                path.pop();
+                continue;
+            };
+            if let Some(last) = path.last_mut() {
+                last.1 += 1;
+            }
+            match done.get(dep) {
+                None => {
+                    done.insert(dep, false);
+                    path.push((dep, 0));
+                }
+                Some(false) => {
+                    let from = path.iter().position(|(n, _)| *n == dep).unwrap_or(0);
+                    let mut cycle: Vec<&str> = path[from..].iter().map(|(n, _)| *n).collect();
+                    let first = (0..cycle.len())
+                        .min_by_key(|i| order[cycle[*i]])
+                        .unwrap_or(0);
+                    cycle.rotate_left(first);
+                    if !cycles.contains(&cycle) {
+                        cycles.push(cycle);
+                    }
+                }
+                Some(true) => {}
+            }
+        }
+    }
+    for cycle in cycles {
+        let (head, second) = (cycle[0], cycle[1 % cycle.len()]);
+        let doc = envs[order[head]];
+        let index = m.environments[head]
+            .spec
+            .depends_on
+            .iter()
+            .position(|d| d == second)
+            .unwrap_or(0);
+        let named: Vec<&str> = cycle.iter().copied().chain([head]).collect();
+        out.push(
+            doc.error(
+                &format!("spec.dependsOn[{index}]"),
+                format!(
+                    "dependency cycle: {}; none of these environments would ever roll out",
+                    named.join(" → ")
+                ),
+            )
+            .expected("dependencies that do not lead back to this environment"),
         );
     }
 }

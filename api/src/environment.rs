@@ -33,6 +33,10 @@ pub struct EnvironmentSpec {
     pub backup: Option<Backup>,
     pub rollback: Rollback,
     pub approval: Approval,
+    /// Environments that must have a ready current revision before a rollout of this one
+    /// starts (names of Environments in the same manifests; no cycles).
+    #[serde(default)]
+    pub depends_on: Vec<String>,
     pub revision_history_limit: u32,
     pub notify: Notify,
 }
@@ -442,7 +446,7 @@ fn strategy() -> Shape {
                 "type",
                 Shape::Enum(&["Recreate", "BlueGreen", "Canary"]),
                 Default(json!("BlueGreen")),
-                "Recreate stops the old revision first; BlueGreen starts the new one beside it and switches; Canary shifts weight in steps.",
+                "Recreate stops the old revision first; BlueGreen starts the new one beside it and switches; Canary shifts weight in steps (not supported yet: runs as BlueGreen; `berthctl validate` warns).",
             ),
             field(
                 "steps",
@@ -454,7 +458,7 @@ fn strategy() -> Shape {
                     ],
                 )),
                 Optional,
-                "Canary only: increasing weights.",
+                "Canary only: increasing weights (not supported yet: ignored).",
             ),
             field("progressDeadline", duration(), Default(json!("5m")), "The new revision must be ready within this, or the rollout fails."),
             field("verifyFor", duration(), Default(json!("30s")), "Soak after the switch; a failure then rolls back."),
@@ -501,7 +505,7 @@ fn traffic() -> Shape {
                             "port",
                             Shape::PortRef,
                             Optional,
-                            "Which container port the proxy targets (default: the first).",
+                            "Which container port the proxy targets (default: the first; not supported yet: traffic always goes to the first).",
                         ),
                     ],
                 ),
@@ -509,7 +513,7 @@ fn traffic() -> Shape {
             (
                 "haproxy",
                 object(
-                    "HAProxy runtime API: servers set ready, drain or maint without a reload.",
+                    "HAProxy runtime API: servers set ready, drain or maint without a reload. Not supported yet: an environment using it is not rolled out (`berthctl validate` warns).",
                     vec![
                         field(
                             "socket",
@@ -767,7 +771,13 @@ pub fn spec_shape() -> Shape {
                 "approval",
                 Shape::Enum(&["Automatic", "Required"]),
                 Default(json!("Automatic")),
-                "Required: a rollout waits for `berthctl approve`.",
+                "Required: a rollout waits for `berthctl approve` (not built yet: `berthctl validate` warns).",
+            ),
+            field(
+                "dependsOn",
+                list(Shape::Str(values::NAME)),
+                Default(json!([])),
+                "Environments that must have a ready current revision before a rollout of this one starts, such as the database it migrates (like docker-compose's `depends_on: {condition: service_healthy}`). Names of Environments in these manifests; no cycles.",
             ),
             field(
                 "revisionHistoryLimit",
@@ -778,7 +788,7 @@ pub fn spec_shape() -> Shape {
             field(
                 "notify",
                 object(
-                    "Webhooks called after a rollout.",
+                    "Webhooks called after a rollout. Not supported yet: no notification is sent (`berthctl validate` warns).",
                     vec![
                         field("success", urls(), Default(json!([])), ""),
                         field("failure", urls(), Default(json!([])), ""),

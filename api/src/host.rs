@@ -33,7 +33,7 @@ pub fn spec_shape() -> Shape {
                 "address",
                 Shape::Str(values::ADDRESS),
                 Required,
-                "`local` for the controller's own Docker socket, or ssh://user@host[:port].",
+                "`local` for the controller's own Docker socket, or ssh://user@host[:port] (not supported yet: environments on an SSH host are not deployed; `berthctl validate` warns).",
             ),
             field(
                 "identityFile",

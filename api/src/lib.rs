@@ -8,7 +8,9 @@
 //! - [`host`], [`environment`], [`resource`]: the typed resources and their shapes.
 //! - [`values`]: durations, image references, port ranges, addresses.
 //! - `check`: rules across fields and documents (names that must exist, ports, canary
-//!   steps, a backup for every Breaking migration).
+//!   steps, a backup for every Breaking migration, `dependsOn` without cycles).
+//! - [`support`]: what a manifest can say that the engine does not do yet ([`unsupported`]),
+//!   reported by `validate` as warnings and refused or noted by the engine's preflight.
 //! - [`load`]: files and directories in, [`Manifests`] and [`Diagnostic`]s out.
 //! - [`diag`]: diagnostics and their compiler-like rendering.
 //!
@@ -21,6 +23,7 @@ pub mod host;
 pub mod load;
 pub mod resource;
 pub mod shape;
+pub mod support;
 pub mod values;
 pub mod yaml;
 
@@ -29,3 +32,4 @@ pub use environment::EnvironmentSpec;
 pub use host::HostSpec;
 pub use load::{load_path, load_texts, Loaded};
 pub use resource::{json_schema, Environment, Host, Kind, Manifests, API_VERSION};
+pub use support::{unsupported, unsupported_host, Effect, Unsupported};

@@ -1,0 +1,185 @@
+//! What a manifest can say that the engine does not do yet. One list, read by both
+//! `berthctl validate` (a warning per entry) and the engine's preflight, so the two
+//! cannot disagree. An entry leaves this file when the issue that builds it lands.
+
+use serde::Serialize;
+
+use crate::environment::{Approval, EnvironmentSpec, PortRef, StrategyType, Traffic};
+use crate::host::HostSpec;
+use crate::values::Address;
+
+/// What the engine does with a manifest that uses an unsupported field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Effect {
+    /// Nothing is rolled out: the engine refuses before any side effect.
+    Refused,
+    /// The rollout runs, but not as the field asks; the message says how.
+    Differs,
+}
+
+/// One field the engine does not act on as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Unsupported {
+    /// The field path inside the document, such as `spec.traffic.haproxy`.
+    pub path: &'static str,
+    /// What happens instead, said to the user.
+    pub message: &'static str,
+    pub effect: Effect,
+}
+
+const HAPROXY: Unsupported = Unsupported {
+    path: "spec.traffic.haproxy",
+    message: "not supported yet: an environment with traffic.haproxy is not rolled out (no side effect); use traffic.nginx or none",
+    effect: Effect::Refused,
+};
+
+const NOTIFY: Unsupported = Unsupported {
+    path: "spec.notify",
+    message: "not supported yet: no notification is sent",
+    effect: Effect::Differs,
+};
+
+const CANARY: Unsupported = Unsupported {
+    path: "spec.strategy.type",
+    message: "not supported yet: Canary runs as BlueGreen — the whole switch happens at once after the checks; steps are ignored",
+    effect: Effect::Differs,
+};
+
+const APPROVAL: Unsupported = Unsupported {
+    path: "spec.approval",
+    message: "waits for `berthctl approve`, which is not built yet; remove `approval: Required` from the manifest to release a waiting rollout",
+    effect: Effect::Differs,
+};
+
+const NGINX_PORT: Unsupported = Unsupported {
+    path: "spec.traffic.nginx.port",
+    message: "not supported yet: traffic goes to the first of spec.ports; this port is ignored",
+    effect: Effect::Differs,
+};
+
+const SSH: Unsupported = Unsupported {
+    path: "spec.address",
+    message: "not supported yet: environments on this host are not deployed",
+    effect: Effect::Refused,
+};
+
+/// The fields of an environment's spec the engine does not act on as written, each with
+/// its path, what happens instead, and whether the engine refuses the rollout
+/// ([`Effect::Refused`]: its preflight must stop before any side effect) or runs it
+/// differently ([`Effect::Differs`]). Empty when the engine does everything the spec says.
+/// `berthctl validate` reports each entry as a warning at its path.
+pub fn unsupported(env: &EnvironmentSpec) -> Vec<Unsupported> {
+    let mut out = Vec::new();
+    match &env.traffic {
+        Traffic::None => {}
+        Traffic::Nginx(n) => {
+            // The switch targets the host port of the first container port: naming that
+            // port is honoured, naming another is not (naming none is an error already).
+            let index = n.port.as_ref().and_then(|r| {
+                env.ports.iter().position(|p| match r {
+                    PortRef::Name(name) => &p.name == name,
+                    PortRef::Number(num) => p.container_port == *num,
+                })
+            });
+            if index.is_some_and(|i| i > 0) {
+                out.push(NGINX_PORT);
+            }
+        }
+        Traffic::Haproxy(_) => out.push(HAPROXY),
+    }
+    match env.strategy.kind {
+        StrategyType::Canary => out.push(CANARY),
+        StrategyType::Recreate | StrategyType::BlueGreen => {}
+    }
+    match env.approval {
+        Approval::Required => out.push(APPROVAL),
+        Approval::Automatic => {}
+    }
+    let n = &env.notify;
+    if !(n.success.is_empty() && n.failure.is_empty() && n.rollback.is_empty()) {
+        out.push(NOTIFY);
+    }
+    out
+}
+
+/// Like [`unsupported`], for a Host: an SSH host is not connected to, so the engine
+/// refuses to roll out any environment on it.
+pub fn unsupported_host(host: &HostSpec) -> Vec<Unsupported> {
+    match host.address {
+        Address::Local => Vec::new(),
+        Address::Ssh { .. } => vec![SSH],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load_texts;
+
+    const HOSTS: &str =
+        "apiVersion: berth.dev/v1\nkind: Host\nmetadata: {name: h}\nspec: {address: local}\n";
+
+    fn env(extra: &str) -> EnvironmentSpec {
+        let text = format!(
+            "{HOSTS}---\napiVersion: berth.dev/v1\nkind: Environment\nmetadata: {{name: web}}\nspec:\n  host: h\n  image: app:v1\n  ports: [{{name: http, containerPort: 8080}}, {{name: admin, containerPort: 9090}}]\n{extra}"
+        );
+        let loaded = load_texts(vec![("t.yaml".into(), text)]);
+        let m = loaded.into_manifests().map_err(|l| l.diagnostics).unwrap();
+        m.environments["web"].spec.clone()
+    }
+
+    fn paths(spec: &EnvironmentSpec) -> Vec<(&'static str, Effect)> {
+        unsupported(spec)
+            .iter()
+            .map(|u| (u.path, u.effect))
+            .collect()
+    }
+
+    #[test]
+    fn an_environment_the_engine_fully_supports_has_nothing_unsupported() {
+        let spec = env("  traffic: {nginx: {upstreamFile: /u.conf, port: http}}\n  strategy: {type: Recreate}\n  notify: {}\n");
+        assert_eq!(paths(&spec), []);
+    }
+
+    #[test]
+    fn haproxy_is_refused_and_the_rest_runs_differently() {
+        let spec = env("  traffic: {haproxy: {socket: /s.sock, backend: web}}\n  strategy: {type: Canary, steps: [{weight: 50}]}\n  approval: Required\n  notify: {rollback: [http://127.0.0.1:9/x]}\n");
+        assert_eq!(
+            paths(&spec),
+            [
+                ("spec.traffic.haproxy", Effect::Refused),
+                ("spec.strategy.type", Effect::Differs),
+                ("spec.approval", Effect::Differs),
+                ("spec.notify", Effect::Differs),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_nginx_port_other_than_the_first_is_not_honoured() {
+        for port in ["admin", "9090"] {
+            let spec = env(&format!(
+                "  traffic: {{nginx: {{upstreamFile: /u.conf, port: {port}}}}}\n"
+            ));
+            assert_eq!(
+                paths(&spec),
+                [("spec.traffic.nginx.port", Effect::Differs)],
+                "{port}"
+            );
+        }
+        let spec = env("  traffic: {nginx: {upstreamFile: /u.conf, port: 8080}}\n");
+        assert_eq!(paths(&spec), []);
+    }
+
+    #[test]
+    fn an_ssh_host_is_refused_and_a_local_one_is_not() {
+        let text = format!("{HOSTS}---\napiVersion: berth.dev/v1\nkind: Host\nmetadata: {{name: vm}}\nspec: {{address: 'ssh://root@127.0.0.2:2222'}}\n");
+        let m = load_texts(vec![("h.yaml".into(), text)])
+            .into_manifests()
+            .map_err(|l| l.diagnostics)
+            .unwrap();
+        assert_eq!(unsupported_host(&m.hosts["h"].spec), []);
+        assert_eq!(unsupported_host(&m.hosts["vm"].spec), [SSH]);
+    }
+}
