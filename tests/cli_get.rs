@@ -138,6 +138,7 @@ fn state_dir() -> tempfile::TempDir {
                 Step::StartCandidate,
             ],
             log: vec![],
+            spec: serde_json::Value::Null,
         })
         .unwrap();
     let f = Phase::Forward;
@@ -229,6 +230,7 @@ fn state_dir() -> tempfile::TempDir {
             created_at: T0,
             steps: vec![Step::PullImage],
             log: vec![],
+            spec: serde_json::Value::Null,
         })
         .unwrap();
     for e in [

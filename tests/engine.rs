@@ -795,3 +795,206 @@ fn editing_a_watched_manifest_starts_the_rollout_within_a_second() {
     assert!(took < Duration::from_secs(1), "took {took:?}");
     w.wait_serving(2);
 }
+
+/// Whether the status shows the active operation's `step` in `state`.
+fn step_is(s: &Value, step: &str, state: &str) -> bool {
+    s["state"]["active_op"].is_string()
+        && s["operation"]["steps"].as_array().is_some_and(|steps| {
+            steps
+                .iter()
+                .any(|l| l["step"] == step && l["state"] == state)
+        })
+}
+
+fn running_of(w: &World, rev: u64) -> usize {
+    w.containers()
+        .into_iter()
+        .filter(|(n, s)| s == "running" && n.starts_with(&format!("{}-r{rev}-", w.env)))
+        .count()
+}
+
+#[test]
+#[ignore = "needs the lab: hack/lab up"]
+fn replicas_changed_from_2_to_3_while_a_rollout_verifies_completes_with_3() {
+    let _g = serial();
+    let mut w = World::new("sc", 32000);
+    w.write_manifest(&EnvOpts::default());
+    w.start();
+    w.wait_serving(1);
+    let v2 = |replicas| EnvOpts {
+        image: "v2",
+        replicas,
+        verify_for: "12s",
+        ..EnvOpts::default()
+    };
+    w.write_manifest(&v2(2));
+    w.wait("the rollout to verify", Duration::from_secs(60), |s| {
+        step_is(s, "Verify", "Running")
+    });
+    w.write_manifest(&v2(3));
+    let s = w.wait_serving(2);
+    assert_eq!(s["operation"]["outcome"], "Succeeded", "{s}");
+    assert_eq!(running_of(&w, 2), 3, "{:?}", w.containers());
+    let end = Instant::now() + Duration::from_secs(10);
+    while upstream_ports(&w.upstream()).len() != 3 {
+        assert!(Instant::now() < end, "traffic: {}", w.upstream());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(w.status()["revisions"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+#[ignore = "needs the lab: hack/lab up"]
+fn a_replica_killed_while_a_rollout_waits_for_approval_is_repaired_and_dropping_approval_releases_it(
+) {
+    let _g = serial();
+    let mut w = World::new("ap", 32100);
+    w.resync = "30s";
+    w.write_manifest(&EnvOpts::default());
+    w.start();
+    w.wait_serving(1);
+    w.write_manifest(&EnvOpts {
+        image: "v2",
+        extra: "  approval: Required\n".into(),
+        ..EnvOpts::default()
+    });
+    w.wait(
+        "the rollout to wait for approval",
+        Duration::from_secs(30),
+        |s| step_is(s, "AwaitApproval", "Running"),
+    );
+    let victim = format!("{}-r1-0", w.env);
+    must(&format!("docker rm -f {victim}"));
+    let t0 = Instant::now();
+    while !w
+        .containers()
+        .iter()
+        .any(|(n, s)| *n == victim && s == "running")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the serving replica was not repaired while the rollout waited: {:?}",
+            w.containers()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("repaired during the operation in {:?}", t0.elapsed());
+    assert!(step_is(&w.status(), "AwaitApproval", "Running"));
+    assert_eq!(w.get("/version").map(|r| r.0), Some(200));
+    // The manifest no longer asks for approval: the waiting rollout goes on.
+    w.write_manifest(&EnvOpts {
+        image: "v2",
+        ..EnvOpts::default()
+    });
+    w.wait_serving(2);
+    assert!(w.get("/version").unwrap().1.contains("\"v2\""));
+}
+
+#[test]
+#[ignore = "needs the lab: hack/lab up"]
+fn a_rollout_with_a_switch_that_cannot_work_is_refused_before_any_side_effect() {
+    let _g = serial();
+    let mut w = World::new("pf", 32200);
+    w.write_manifest(&EnvOpts::default());
+    w.start();
+    w.wait_serving(1);
+    let before = w.containers();
+    let backups = || std::fs::read_dir(w.path("backups")).map_or(0, |d| d.count());
+    let backups_before = backups();
+    // v2 behind HAProxy, which the engine cannot switch yet.
+    let nginx_line = "  traffic: {nginx: {upstreamFile:";
+    let manifest: String = w
+        .manifest(&EnvOpts {
+            image: "v2",
+            ..EnvOpts::default()
+        })
+        .lines()
+        .map(|l| {
+            if l.starts_with(nginx_line) {
+                "  traffic: {haproxy: {socket: /nonexistent/admin.sock, backend: app}}".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(w.path("manifests/.tmp"), manifest).unwrap();
+    std::fs::rename(w.path("manifests/.tmp"), w.path("manifests/env.yaml")).unwrap();
+    let s = w.wait("the refusal", Duration::from_secs(20), |s| {
+        s["state"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not rolled out"))
+    });
+    let message = s["state"]["message"].as_str().unwrap();
+    assert!(message.contains("traffic.haproxy"), "{message}");
+    std::thread::sleep(Duration::from_secs(3));
+    let s = w.status();
+    assert!(s["state"]["active_op"].is_null(), "{s}");
+    assert_eq!(s["state"]["current"], 1);
+    assert_eq!(s["revisions"].as_array().map(Vec::len), Some(1), "{s}");
+    assert_eq!(w.containers(), before, "containers changed");
+    assert_eq!(backups(), backups_before, "a backup was taken");
+    assert!(w.get("/version").unwrap().1.contains("\"v1\""));
+    assert!(
+        w.events().iter().any(|e| e.starts_with("PreflightFailed")),
+        "{:?}",
+        w.events()
+    );
+}
+
+/// Removes an environment's containers when dropped (one the test adds beside World's).
+struct EnvContainers(String);
+
+impl Drop for EnvContainers {
+    fn drop(&mut self) {
+        let _ = sh(&format!(
+            "docker ps -aq --filter label=berth.env={} | xargs -r docker rm -f",
+            self.0
+        ));
+    }
+}
+
+#[test]
+#[ignore = "needs the lab: hack/lab up"]
+fn an_environment_waits_for_the_one_it_depends_on_without_failing() {
+    let _g = serial();
+    let mut w = World::new("dp", 32300);
+    let dep = format!("{}-dep", w.env);
+    let _dep_cleanup = EnvContainers(dep.clone());
+    let dir = w.dir.path().display().to_string();
+    let dep_doc = |tag: &str| {
+        format!(
+            "  dependsOn: [{dep}]\n---\napiVersion: berth.dev/v1\nkind: Environment\nmetadata: {{name: {dep}}}\nspec:\n  host: local\n  image: {REGISTRY}:{tag}\n  replicas: 1\n  envFiles: [{dir}/app.env]\n  ports: [{{name: http, containerPort: 8080}}]\n  networks: [berth-lab]\n  health:\n    readiness: {{http: {{path: /ready, port: http}}, interval: 500ms, timeout: 1s}}\n  strategy: {{progressDeadline: 4s}}\n  migration: {{policy: BackwardCompatible, command: [/demo-app, migrate]}}\n"
+        )
+    };
+    // The dependency never becomes ready: its first rollout fails, and it has no
+    // current revision.
+    w.write_manifest(&EnvOpts {
+        extra: dep_doc("bad-never-ready"),
+        ..EnvOpts::default()
+    });
+    w.start();
+    let s = w.wait("the dependent to wait", Duration::from_secs(30), |s| {
+        s["state"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with(&format!("waiting for {dep}")))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let s2 = w.status();
+    assert!(s2["state"]["active_op"].is_null(), "{s2}");
+    assert!(s2["state"]["current"].is_null(), "{s2}");
+    assert!(
+        !w.events().iter().any(|e| e.contains("Failed")),
+        "failures were counted while waiting: {:?}",
+        w.events()
+    );
+    assert_eq!(running_of(&w, 1), 0);
+    eprintln!("waiting: {}", s["state"]["message"]);
+    // The dependency becomes ready: the dependent rolls out by itself.
+    w.write_manifest(&EnvOpts {
+        extra: dep_doc("v1"),
+        ..EnvOpts::default()
+    });
+    w.wait_serving(1);
+    assert!(w.get("/version").unwrap().1.contains("\"v1\""));
+}

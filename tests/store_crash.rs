@@ -97,6 +97,7 @@ fn new_operation(n: usize) -> Operation {
             Step::SwitchTraffic,
         ],
         log: vec![],
+        spec: serde_json::Value::Null,
     }
 }
 

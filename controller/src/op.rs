@@ -168,6 +168,12 @@ pub struct Operation {
     pub created_at: Millis,
     pub steps: Vec<Step>,
     pub log: Vec<Event>,
+    /// The manifest's `EnvironmentSpec` (as JSON) when the operation began. Every step and
+    /// every decision of the operation works from it (see `plan::operation_spec`), so a
+    /// manifest edited meanwhile cannot split the planner from the steps. `Null` in
+    /// journals written before operations pinned their spec.
+    #[serde(default)]
+    pub spec: serde_json::Value,
 }
 
 /// Where a step stands, derived from the log.
@@ -249,6 +255,14 @@ impl Status {
 
     pub fn did_succeed(&self, step: Step) -> bool {
         self.succeeded_at(step).is_some()
+    }
+
+    /// Whether `step` was started (in either phase): its effect may have happened.
+    pub fn begun(&self, step: Step) -> bool {
+        self.steps
+            .iter()
+            .chain(self.forward.iter())
+            .any(|(s, state)| *s == step && !matches!(state, StepState::Pending))
     }
 }
 
@@ -395,6 +409,7 @@ mod tests {
             reason: "image".into(),
             created_at: 0,
             steps: vec![Step::PullImage, Step::Migrate, Step::StartCandidate],
+            spec: serde_json::Value::Null,
             log: log
                 .into_iter()
                 .enumerate()

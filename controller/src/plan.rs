@@ -190,12 +190,7 @@ pub fn steps_for(spec: &EnvironmentSpec, from: Option<Revision>) -> Vec<Step> {
 
 /// The steps that undo what a failed rollout did, from what its journal says was begun.
 pub fn rollback_steps(spec: &EnvironmentSpec, op: &Operation, st: &Status) -> Vec<Step> {
-    let begun = |step: Step| {
-        st.steps
-            .iter()
-            .chain(st.forward.iter())
-            .any(|(s, state)| *s == step && !matches!(state, StepState::Pending))
-    };
+    let begun = |step: Step| st.begun(step);
     let traffic = !matches!(spec.traffic, Traffic::None);
     let candidate_touched = begun(Step::CreateCandidate) || begun(Step::StartCandidate);
     let mut steps = Vec::new();
@@ -232,6 +227,80 @@ pub fn rollback_steps(spec: &EnvironmentSpec, op: &Operation, st: &Status) -> Ve
     steps
 }
 
+/// What the shell found out, right before an operation would begin, about whether its
+/// steps can be done (gathered only then: it costs a few host calls).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Preflight {
+    /// Environments named in `dependsOn` that have no ready current revision, with why.
+    pub unready_dependencies: Vec<(String, String)>,
+    /// Prerequisites of a step that the host lacks (a backup source that is not running,
+    /// a `pg_dump` that is not there), with why.
+    pub missing: Vec<(Step, String)>,
+}
+
+/// Whether an operation may begin: decided before its first side effect, so a rollout
+/// never starts what it cannot finish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gate {
+    Go,
+    /// Not yet, and not a failure: the environment waits, exactly as it is.
+    Wait {
+        message: String,
+    },
+    /// A step could not be done: nothing is begun, the status says why, and the check is
+    /// made again at the next resync (a fixed host or manifest lets it go).
+    Refuse {
+        reasons: Vec<String>,
+    },
+}
+
+/// Decides whether an operation of `steps` may begin, from the spec and the facts.
+/// Dependencies come first: what they provide (a database to back up) is often what a
+/// later check would find missing.
+pub fn preflight(spec: &EnvironmentSpec, steps: &[Step], facts: &Preflight) -> Gate {
+    if !facts.unready_dependencies.is_empty() {
+        let waits: Vec<String> = facts
+            .unready_dependencies
+            .iter()
+            .map(|(env, why)| format!("{env} ({why})"))
+            .collect();
+        return Gate::Wait {
+            message: format!("waiting for {}", waits.join(", ")),
+        };
+    }
+    let mut reasons = Vec::new();
+    if steps.contains(&Step::SwitchTraffic) && matches!(spec.traffic, Traffic::Haproxy(_)) {
+        reasons.push(
+            "SwitchTraffic: traffic.haproxy is not supported yet (use traffic.nginx or none)"
+                .to_owned(),
+        );
+    }
+    for (step, why) in &facts.missing {
+        if steps.contains(step) {
+            reasons.push(format!("{}: {why}", step.name()));
+        }
+    }
+    if reasons.is_empty() {
+        Gate::Go
+    } else {
+        Gate::Refuse { reasons }
+    }
+}
+
+/// The one spec an operation works from, in the planner and in every step alike: the
+/// manifest's spec pinned when the operation began, with two fields taken live from the
+/// manifest — `replicas` (scaling is never a new revision, so it applies at once, also to
+/// a rollout under way) and `approval` (dropping `approval: Required` releases a rollout
+/// that waits for one). A journal from before operations pinned their spec falls back to
+/// the manifest.
+pub fn operation_spec(manifest: &EnvironmentSpec, op: &Operation) -> EnvironmentSpec {
+    let mut spec = serde_json::from_value::<EnvironmentSpec>(op.spec.clone())
+        .unwrap_or_else(|_| manifest.clone());
+    spec.replicas = manifest.replicas;
+    spec.approval = manifest.approval;
+    spec
+}
+
 /// Decides the next action. See the module docs.
 pub fn plan(
     name: &str,
@@ -243,7 +312,10 @@ pub fn plan(
 ) -> Action {
     match &journal.active {
         Some(op) => match op.status() {
-            Ok(st) => plan_operation(name, spec, observed, journal, op, &st, now),
+            Ok(st) => {
+                let spec = operation_spec(spec, op);
+                plan_operation(name, &spec, observed, journal, op, &st, now)
+            }
             Err(e) => Action::Broken {
                 message: e.to_string(),
             },
@@ -332,7 +404,8 @@ fn is_ready(spec: &EnvironmentSpec, c: &ContainerInfo, h: &Health) -> bool {
     c.state == ContainerState::Running && (spec.health.readiness.is_none() || h.ready == Some(true))
 }
 
-fn ready_count(observed: &Observed, rev: Revision, spec: &EnvironmentSpec) -> usize {
+/// How many of the replicas `rev` should have are ready.
+pub fn ready_count(observed: &Observed, rev: Revision, spec: &EnvironmentSpec) -> usize {
     app_replicas(observed, rev)
         .filter(|(c, h)| c.replica.is_some_and(|r| r < spec.replicas) && is_ready(spec, c, h))
         .count()
@@ -348,9 +421,34 @@ pub fn serving_ports(spec: &EnvironmentSpec, observed: &Observed, rev: Revision)
     ports
 }
 
+/// Drift of the current revision, when there is one: for an environment whose next
+/// operation cannot begin yet (its preflight waits or refuses), which still keeps what
+/// serves healthy.
+pub fn repair_current(
+    name: &str,
+    spec: &EnvironmentSpec,
+    observed: &Observed,
+    journal: &Journal,
+) -> Option<Action> {
+    let (rev, _) = journal.current.as_ref()?;
+    repair(name, spec, *rev, observed)
+}
+
 /// Drift of the current revision: missing, dead or unhealthy replicas, extra replicas,
 /// other revisions left running, and traffic that points elsewhere.
 fn repair(
+    name: &str,
+    spec: &EnvironmentSpec,
+    rev: Revision,
+    observed: &Observed,
+) -> Option<Action> {
+    repair_replicas(name, spec, rev, observed)
+        .or_else(|| repair_traffic(spec, rev, observed))
+        .or_else(|| repair_leftovers(spec, rev, observed))
+}
+
+/// A replica of `rev` that is missing, exited, not started or failing its liveness probe.
+fn repair_replicas(
     name: &str,
     spec: &EnvironmentSpec,
     rev: Revision,
@@ -389,22 +487,34 @@ fn repair(
             }));
         }
     }
-    if !matches!(spec.traffic, Traffic::None) {
-        let ports = serving_ports(spec, observed, rev);
-        let in_sync = observed.traffic.as_ref().map(|t| {
-            let mut t = t.clone();
-            t.sort_unstable();
-            t
-        }) == Some(ports.clone());
-        // With nothing ready, keep whatever traffic has: pointing at nothing is worse.
-        if !in_sync && !ports.is_empty() {
-            let why = match &observed.traffic {
-                None => "the traffic switch is missing or was edited by hand".to_owned(),
-                Some(_) => "traffic does not match the ready replicas".to_owned(),
-            };
-            return Some(Action::Repair(Repair::SyncTraffic { ports, why }));
-        }
+    None
+}
+
+/// Traffic that does not go to exactly the ready replicas of `rev`.
+fn repair_traffic(spec: &EnvironmentSpec, rev: Revision, observed: &Observed) -> Option<Action> {
+    if matches!(spec.traffic, Traffic::None) {
+        return None;
     }
+    let ports = serving_ports(spec, observed, rev);
+    let in_sync = observed.traffic.as_ref().map(|t| {
+        let mut t = t.clone();
+        t.sort_unstable();
+        t
+    }) == Some(ports.clone());
+    // With nothing ready, keep whatever traffic has: pointing at nothing is worse.
+    if in_sync || ports.is_empty() {
+        return None;
+    }
+    let why = match &observed.traffic {
+        None => "the traffic switch is missing or was edited by hand".to_owned(),
+        Some(_) => "traffic does not match the ready replicas".to_owned(),
+    };
+    Some(Action::Repair(Repair::SyncTraffic { ports, why }))
+}
+
+/// Containers no revision needs: replicas beyond the count, other revisions still
+/// running, finished migration containers.
+fn repair_leftovers(spec: &EnvironmentSpec, rev: Revision, observed: &Observed) -> Option<Action> {
     for (c, _) in &observed.containers {
         let extra = c.role == Role::App
             && c.revision == rev
@@ -428,6 +538,50 @@ fn repair(
                 why: "migration container of a finished operation".into(),
             }));
         }
+    }
+    None
+}
+
+/// Drift while an operation runs. The revision that serves (the operation's `from`) keeps
+/// its replicas and its traffic whatever the operation is doing — waiting for approval,
+/// migrating, soaking — until the operation itself stops it (`StopOld`, `RetireOld`) or
+/// moves traffic away (`SwitchTraffic`, until a `SwitchBack`). The operation's own
+/// containers are left to its steps, but for one thing: replicas the candidate lacks
+/// because the manifest scaled up after `StartCandidate` are started.
+fn repair_during(
+    name: &str,
+    spec: &EnvironmentSpec,
+    observed: &Observed,
+    op: &Operation,
+    st: &Status,
+) -> Option<Action> {
+    if st.phase == Phase::Forward && st.did_succeed(Step::StartCandidate) {
+        let missing = (0..spec.replicas).find(|i| {
+            let want = replica_name(name, op.to, *i);
+            !observed.containers.iter().any(|(c, _)| c.name == want)
+        });
+        if let Some(replica) = missing {
+            return Some(Action::Repair(Repair::StartReplica {
+                revision: op.to,
+                replica,
+                why: format!(
+                    "replica {} of the candidate is missing ({} wanted)",
+                    replica_name(name, op.to, replica),
+                    spec.replicas
+                ),
+            }));
+        }
+    }
+    let from = op.from?;
+    if st.begun(Step::StopOld) || st.begun(Step::RetireOld) {
+        return None;
+    }
+    if let Some(a) = repair_replicas(name, spec, from, observed) {
+        return Some(a);
+    }
+    let traffic_on_from = !st.begun(Step::SwitchTraffic) || st.did_succeed(Step::SwitchBack);
+    if traffic_on_from {
+        return repair_traffic(spec, from, observed);
     }
     None
 }
@@ -466,27 +620,7 @@ fn plan_operation(
     };
     let phase = st.phase;
     match state {
-        StepState::Failed { error, .. } => {
-            let what = format!("{} failed: {error}", step.name());
-            match phase {
-                // Old revisions are pruned after success; a failed prune is not worth
-                // undoing a healthy rollout.
-                Phase::Forward if step == Step::Prune => Action::Finish(Outcome::Succeeded),
-                Phase::Forward if spec.rollback.automatic => Action::BeginRollback {
-                    reason: what,
-                    steps: rollback_steps(spec, op, st),
-                },
-                Phase::Forward => Action::Finish(Outcome::Failed {
-                    reason: format!("{what}; automatic rollback is off (berthctl rollout undo)"),
-                }),
-                Phase::Rollback => Action::Finish(Outcome::Failed {
-                    reason: format!(
-                        "rollback {what} (rolling back because {})",
-                        st.rollback_reason.clone().unwrap_or_default()
-                    ),
-                }),
-            }
-        }
+        StepState::Failed { error, .. } => after_failure(spec, op, st, step, error),
         StepState::Retrying {
             attempts, error, ..
         } if *attempts >= MAX_ATTEMPTS => Action::Fail {
@@ -494,38 +628,85 @@ fn plan_operation(
             index,
             error: format!("gave up after {attempts} attempts: {error}"),
         },
-        StepState::Pending | StepState::Retrying { .. } => {
-            if journal.paused && phase == Phase::Forward {
-                return Action::Wait {
-                    recheck: RESYNC,
-                    message: format!("paused before {}", step.name()),
-                };
+        StepState::Pending | StepState::Retrying { .. } | StepState::Running { .. } => {
+            // What serves is kept healthy first, whatever step the operation is at.
+            if let Some(repair) = repair_during(name, spec, observed, op, st) {
+                return repair;
             }
-            if step == Step::RetireOld {
-                if let Some(switched) = st.succeeded_at(Step::SwitchTraffic) {
-                    let at = switched + millis(spec.strategy.drain_for.0);
-                    if now < at {
-                        return Action::Wait {
-                            recheck: Duration::from_millis(at - now),
-                            message: "draining the old revision".into(),
-                        };
-                    }
-                }
+            match state {
+                StepState::Running { since, .. } => running(
+                    name,
+                    spec,
+                    observed,
+                    journal,
+                    op,
+                    (phase, index, step),
+                    *since,
+                    now,
+                ),
+                _ => next_step(spec, journal, st, (phase, index, step), now),
             }
-            Action::Run { phase, index, step }
         }
-        StepState::Running { since, .. } => running(
-            name,
-            spec,
-            observed,
-            journal,
-            op,
-            (phase, index, step),
-            *since,
-            now,
-        ),
         StepState::Succeeded { .. } => unreachable!("the cursor is never on a succeeded step"),
     }
+}
+
+/// The step at the cursor failed for good: roll back, or stop for an operator.
+fn after_failure(
+    spec: &EnvironmentSpec,
+    op: &Operation,
+    st: &Status,
+    step: Step,
+    error: &str,
+) -> Action {
+    let what = format!("{} failed: {error}", step.name());
+    match st.phase {
+        // Old revisions are pruned after success; a failed prune is not worth undoing a
+        // healthy rollout.
+        Phase::Forward if step == Step::Prune => Action::Finish(Outcome::Succeeded),
+        Phase::Forward if spec.rollback.automatic => Action::BeginRollback {
+            reason: what,
+            steps: rollback_steps(spec, op, st),
+        },
+        Phase::Forward => Action::Finish(Outcome::Failed {
+            reason: format!("{what}; automatic rollback is off (berthctl rollout undo)"),
+        }),
+        Phase::Rollback => Action::Finish(Outcome::Failed {
+            reason: format!(
+                "rollback {what} (rolling back because {})",
+                st.rollback_reason.clone().unwrap_or_default()
+            ),
+        }),
+    }
+}
+
+/// The step at the cursor has not started (or is to be tried again): run it, unless
+/// rollouts are paused or the old revision is still draining.
+fn next_step(
+    spec: &EnvironmentSpec,
+    journal: &Journal,
+    st: &Status,
+    (phase, index, step): (Phase, usize, Step),
+    now: Millis,
+) -> Action {
+    if journal.paused && phase == Phase::Forward {
+        return Action::Wait {
+            recheck: RESYNC,
+            message: format!("paused before {}", step.name()),
+        };
+    }
+    if step == Step::RetireOld {
+        if let Some(switched) = st.succeeded_at(Step::SwitchTraffic) {
+            let at = switched + millis(spec.strategy.drain_for.0);
+            if now < at {
+                return Action::Wait {
+                    recheck: Duration::from_millis(at - now),
+                    message: "draining the old revision".into(),
+                };
+            }
+        }
+    }
+    Action::Run { phase, index, step }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -552,6 +733,14 @@ fn running(
                     phase,
                     index,
                     output: StepOutput::Note("approved".into()),
+                }
+            } else if spec.approval != berth_api::environment::Approval::Required {
+                Action::Complete {
+                    phase,
+                    index,
+                    output: StepOutput::Note(
+                        "released: the manifest no longer requires approval".into(),
+                    ),
                 }
             } else {
                 Action::Wait {

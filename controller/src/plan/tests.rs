@@ -105,6 +105,7 @@ fn operation(
             .into_iter()
             .map(|(at, entry)| Event { at, entry })
             .collect(),
+        spec: serde_json::to_value(spec).unwrap(),
     }
 }
 
@@ -480,17 +481,24 @@ fn with_nothing_ready_traffic_is_left_alone() {
 
 /// Plans `web` (desired template `hash2`) while `op` rolls out from revision 1, with
 /// these containers and no observed traffic.
+/// Plans during `op` (revision 1 → 2). Revision 1, which serves, runs healthy unless
+/// `containers` has replicas of it: a rollout keeps what serves repaired, and these
+/// tests are about the rollout's own steps.
 fn during(
     spec: &EnvironmentSpec,
-    containers: Vec<(ContainerInfo, Health)>,
+    mut containers: Vec<(ContainerInfo, Health)>,
     op: Operation,
     now: Millis,
 ) -> Action {
+    if !containers.iter().any(|(c, _)| c.revision == 1) {
+        containers.extend(running_ready(1, spec.replicas));
+    }
+    let traffic = serving_ports(spec, &observed(containers.clone(), None), 1);
     plan(
         "web",
         spec,
         "hash2",
-        &observed(containers, None),
+        &observed(containers, Some(traffic)),
         &with_op(op, Some(1)),
         now,
     )
@@ -587,6 +595,7 @@ fn wait_ready_completes_waits_or_fails_at_the_deadline() {
     );
     let mut crashed = running_ready(1, 2);
     crashed.push(replica(2, 0, ContainerState::Exited(1), None));
+    crashed.push(replica(2, 1, ContainerState::Running, None));
     let a = during(&s, crashed, op(), 3_000);
     assert!(
         matches!(&a, Action::Fail { error, .. } if error.contains("exited with code 1")),
@@ -626,7 +635,9 @@ fn the_old_revision_is_retired_only_after_the_drain() {
         }
     }
     let op = || operation(&s, Some(1), 2, log.clone());
-    let a = during(&s, vec![], op(), 12_000);
+    let mut both = running_ready(1, 2);
+    both.extend(running_ready(2, 2));
+    let a = during(&s, both.clone(), op(), 12_000);
     assert_eq!(
         a,
         Action::Wait {
@@ -634,7 +645,7 @@ fn the_old_revision_is_retired_only_after_the_drain() {
             message: "draining the old revision".into()
         }
     );
-    let a = during(&s, vec![], op(), 15_000);
+    let a = during(&s, both, op(), 15_000);
     assert!(
         matches!(
             a,
@@ -671,7 +682,8 @@ fn approval_gates_the_rollout() {
     );
     let mut j = with_op(op(), Some(1));
     j.approved_hash = Some("hash2".into());
-    let a = plan("web", &s, "hash2", &observed(vec![], None), &j, 0);
+    let serving = observed(running_ready(1, 1), Some(vec![port(1, 0)]));
+    let a = plan("web", &s, "hash2", &serving, &j, 0);
     assert!(matches!(a, Action::Complete { index: 0, .. }), "{a:?}");
 }
 
@@ -818,7 +830,9 @@ fn finished_phases_finish_the_operation() {
         },
     });
     let j = with_op(op.clone(), Some(1));
-    let a = plan("web", &s, "hash2", &observed(vec![], None), &j, 3);
+    let mut both = running_ready(1, 2);
+    both.extend(running_ready(2, 2));
+    let a = plan("web", &s, "hash2", &observed(both, None), &j, 3);
     assert_eq!(
         a,
         Action::Run {
@@ -932,4 +946,240 @@ fn an_unreplayable_journal_is_reported_not_guessed() {
     );
     let a = during(&s, vec![], op, 0);
     assert!(matches!(a, Action::Broken { .. }), "{a:?}");
+}
+
+/// A spec pinned by an operation that began with `pinned`, planned with `manifest`.
+fn op_pinned(pinned: &EnvironmentSpec, log: Vec<(u64, Entry)>) -> Operation {
+    operation(pinned, Some(1), 2, log)
+}
+
+#[test]
+fn replicas_changed_from_2_to_3_during_wait_ready_start_a_third_candidate_and_wait_for_it() {
+    let pinned = spec_with(BLUEGREEN_BC, 2);
+    let manifest = spec_with(BLUEGREEN_BC, 3);
+    let op = || op_pinned(&pinned, log_until(&pinned, Some(1), WaitReady, 1_000));
+    let mut seen = running_ready(1, 3);
+    seen.extend(running_ready(2, 2));
+    let a = during(&manifest, seen.clone(), op(), 2_000);
+    assert_eq!(
+        a,
+        Action::Repair(Repair::StartReplica {
+            revision: 2,
+            replica: 2,
+            why: "replica web-r2-2 of the candidate is missing (3 wanted)".into()
+        })
+    );
+    let a = during(&manifest, seen.clone(), op(), 2_000);
+    assert!(matches!(a, Action::Repair(_)), "{a:?}");
+    seen.push(replica(2, 2, ContainerState::Running, Some(true)));
+    let a = during(&manifest, seen, op(), 3_000);
+    assert!(
+        matches!(&a, Action::Complete { output: StepOutput::Note(n), .. } if n == "3 of 3 replicas ready"),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn replicas_changed_during_verify_complete_with_the_new_count() {
+    let pinned = spec_with(BLUEGREEN_BC, 2);
+    let manifest = spec_with(BLUEGREEN_BC, 3);
+    let op = || op_pinned(&pinned, log_until(&pinned, Some(1), Verify, 10_000));
+    let mut seen = running_ready(1, 3);
+    seen.extend(running_ready(2, 2));
+    let a = during(&manifest, seen.clone(), op(), 12_000);
+    assert!(
+        matches!(
+            &a,
+            Action::Repair(Repair::StartReplica {
+                revision: 2,
+                replica: 2,
+                ..
+            })
+        ),
+        "{a:?}"
+    );
+    seen.push(replica(2, 2, ContainerState::Running, Some(true)));
+    let a = during(&manifest, seen, op(), 30_000);
+    assert!(matches!(a, Action::Complete { .. }), "{a:?}");
+}
+
+#[test]
+fn a_manifest_edited_during_a_rollout_leaves_the_operation_on_its_pinned_spec() {
+    let pinned = spec();
+    let edited = spec_with(
+        "  traffic: {nginx: {upstreamFile: /u.conf}}\n  migration: {policy: BackwardCompatible, command: [m]}\n  backup: {postgres: {container: db, database: d, user: u}, directory: /b}\n  strategy: {progressDeadline: 1m, verifyFor: 1h, drainFor: 5s}\n",
+        2,
+    );
+    let op = op_pinned(&pinned, log_until(&pinned, Some(1), Verify, 10_000));
+    let effective = operation_spec(&edited, &op);
+    assert_eq!(effective.strategy.verify_for, pinned.strategy.verify_for);
+    assert_eq!(effective.replicas, edited.replicas);
+    let mut both = running_ready(1, 2);
+    both.extend(running_ready(2, 2));
+    // verifyFor is 20 s in the pinned spec, 1 h in the edited manifest.
+    let a = during(&edited, both, op, 30_001);
+    assert!(matches!(a, Action::Complete { .. }), "{a:?}");
+}
+
+#[test]
+fn an_operation_from_an_older_journal_without_a_pinned_spec_uses_the_manifest() {
+    let s = spec();
+    let mut op = op_pinned(&s, vec![]);
+    op.spec = serde_json::Value::Null;
+    assert_eq!(operation_spec(&s, &op), s);
+}
+
+#[test]
+fn dropping_approval_required_releases_a_waiting_rollout() {
+    let required = spec_with("  approval: Required\n", 2);
+    let dropped = spec_with("", 2);
+    let started = vec![(
+        0,
+        Entry::Started {
+            phase: Phase::Forward,
+            index: 0,
+        },
+    )];
+    let op = || op_pinned(&required, started.clone());
+    let a = during(&required, vec![], op(), 0);
+    assert!(matches!(a, Action::Wait { .. }), "{a:?}");
+    let a = during(&dropped, vec![], op(), 0);
+    assert!(
+        matches!(&a, Action::Complete { index: 0, output: StepOutput::Note(n), .. } if n.contains("no longer requires approval")),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn drift_of_the_serving_revision_is_repaired_while_an_approval_waits() {
+    let s = spec_with(
+        "  traffic: {nginx: {upstreamFile: /u.conf}}\n  approval: Required\n",
+        2,
+    );
+    let started = vec![(
+        0,
+        Entry::Started {
+            phase: Phase::Forward,
+            index: 0,
+        },
+    )];
+    let op = || op_pinned(&s, started.clone());
+    let mut killed = running_ready(1, 2);
+    killed[1].0.state = ContainerState::Exited(137);
+    let a = during(&s, killed, op(), 0);
+    assert!(
+        matches!(
+            &a,
+            Action::Repair(Repair::ReplaceReplica {
+                revision: 1,
+                replica: 1,
+                ..
+            })
+        ),
+        "{a:?}"
+    );
+    let a = plan(
+        "web",
+        &s,
+        "hash2",
+        &observed(running_ready(1, 2), None),
+        &with_op(op(), Some(1)),
+        0,
+    );
+    assert!(
+        matches!(&a, Action::Repair(Repair::SyncTraffic { ports, .. }) if *ports == vec![port(1, 0), port(1, 1)]),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn drift_of_the_serving_revision_is_repaired_during_verify_but_traffic_stays_on_the_candidate() {
+    let s = spec();
+    let op = || operation(&s, Some(1), 2, log_until(&s, Some(1), Verify, 10_000));
+    let mut seen = running_ready(1, 2);
+    seen[0].0.state = ContainerState::Exited(137);
+    seen.extend(running_ready(2, 2));
+    let a = during(&s, seen, op(), 12_000);
+    assert!(
+        matches!(
+            &a,
+            Action::Repair(Repair::ReplaceReplica {
+                revision: 1,
+                replica: 0,
+                ..
+            })
+        ),
+        "{a:?}"
+    );
+    // The switch points at revision 2 now: that is not drift.
+    let mut both = running_ready(1, 2);
+    both.extend(running_ready(2, 2));
+    let to_candidate = observed(both, Some(vec![port(2, 0), port(2, 1)]));
+    let a = plan(
+        "web",
+        &s,
+        "hash2",
+        &to_candidate,
+        &with_op(op(), Some(1)),
+        12_000,
+    );
+    assert!(matches!(a, Action::Wait { .. }), "{a:?}");
+}
+
+#[test]
+fn a_revision_the_operation_stopped_on_purpose_is_not_repaired() {
+    let s = spec_with(BREAKING, 2);
+    let op = operation(&s, Some(1), 2, log_until(&s, Some(1), Migrate, 5));
+    let mut stopped = running_ready(1, 2);
+    for (c, _) in &mut stopped {
+        c.state = ContainerState::Exited(0);
+    }
+    let a = during(&s, stopped, op, 10);
+    assert!(matches!(a, Action::Run { step: Migrate, .. }), "{a:?}");
+}
+
+#[test]
+fn preflight_waits_for_dependencies_then_refuses_what_cannot_be_done() {
+    let s = spec();
+    let steps = steps_for(&s, Some(1));
+    assert_eq!(preflight(&s, &steps, &Preflight::default()), Gate::Go);
+    let facts = Preflight {
+        unready_dependencies: vec![("db".into(), "not deployed yet".into())],
+        missing: vec![(
+            Backup,
+            "the backup source, container db, is not running".into(),
+        )],
+    };
+    assert_eq!(
+        preflight(&s, &steps, &facts),
+        Gate::Wait {
+            message: "waiting for db (not deployed yet)".into()
+        }
+    );
+    let facts = Preflight {
+        unready_dependencies: vec![],
+        ..facts
+    };
+    assert_eq!(
+        preflight(&s, &steps, &facts),
+        Gate::Refuse {
+            reasons: vec!["Backup: the backup source, container db, is not running".into()]
+        }
+    );
+    // What the operation has no step for does not hold it up.
+    let no_backup = spec_with("", 2);
+    assert_eq!(
+        preflight(&no_backup, &steps_for(&no_backup, Some(1)), &facts),
+        Gate::Go
+    );
+    let haproxy = spec_with("  traffic: {haproxy: {socket: /s, backend: b}}\n", 2);
+    let gate = preflight(
+        &haproxy,
+        &steps_for(&haproxy, Some(1)),
+        &Preflight::default(),
+    );
+    assert!(
+        matches!(&gate, Gate::Refuse { reasons } if reasons[0].contains("traffic.haproxy is not supported yet")),
+        "{gate:?}"
+    );
 }

@@ -8,12 +8,15 @@ use berth_api::environment::EnvironmentSpec;
 use berth_api::HostSpec;
 
 use crate::exec::steps::{self, Ctx, StepResult};
-use crate::model::Template;
-use crate::op::{Entry, Event, Millis, OpKind, Operation, Outcome, StepOutput, StepState};
-use crate::plan::{self, Action, Journal, Repair};
-use crate::store::{EventKind, FailedTemplate, RevisionRecord};
+use crate::model::{Revision, Template};
+use crate::op::{
+    Entry, Event, Millis, OpKind, Operation, Outcome, Phase, Status, Step, StepOutput, StepState,
+};
+use crate::plan::{self, Action, Gate, Journal, NewOperation, Repair};
+use crate::store::{EnvState, EventKind, FailedTemplate, RevisionRecord, Store};
 
 use super::observe::observe;
+use super::preflight;
 use super::{Connected, Controller, ReconcileError};
 
 /// Actions taken back to back in one reconcile before yielding to other environments.
@@ -32,20 +35,17 @@ fn event_kind(outcome: &Outcome) -> EventKind {
     }
 }
 
-/// Reconciles `env` until it has to wait; returns when to look again.
-pub(super) async fn reconcile_env(
-    ctl: &Arc<Controller>,
-    conn: &Connected,
-    env: &str,
-    spec: &EnvironmentSpec,
-    host_spec: &HostSpec,
-    commit: Option<&str>,
-) -> Result<Duration, ReconcileError> {
-    let store = &ctl.store;
-    let desired_template = Template::of(spec);
-    let desired_hash = desired_template.hash();
-    for _ in 0..BURST {
-        let observed = observe(conn, env, spec).await?;
+/// What the journal says about one environment, read once per action.
+struct View {
+    state: EnvState,
+    active: Option<Operation>,
+    status: Option<Status>,
+    records: Vec<RevisionRecord>,
+    journal: Journal,
+}
+
+impl View {
+    fn load(store: &Store, env: &str) -> Result<View, ReconcileError> {
         let state = store.env_state(env)?;
         let active = store.active_operation(env)?;
         let records = store.revisions(env)?;
@@ -69,314 +69,476 @@ pub(super) async fn reconcile_env(
             approved_hash: state.approved_hash.clone(),
             active: active.clone(),
         };
-        let now = now_millis();
-        let action = plan::plan(env, spec, &desired_hash, &observed, &journal, now);
-        tracing::debug!(env, ?action, "planned");
-
-        // The templates steps work from: an operation keeps to the revision it began
-        // with, even if the manifest changes again meanwhile.
-        let template_of = |rev| {
-            records
-                .iter()
-                .find(|r| r.revision == rev)
-                .map(|r| &r.template)
-        };
-        let op_spec: Option<EnvironmentSpec> = active
-            .as_ref()
-            .and_then(|op| records.iter().find(|r| r.revision == op.to))
-            .and_then(|r| serde_json::from_value(r.spec.clone()).ok());
         let status = active.as_ref().and_then(|op| op.status().ok());
+        Ok(View {
+            state,
+            active,
+            status,
+            records,
+            journal,
+        })
+    }
+
+    fn template_of(&self, rev: Revision) -> Option<&Template> {
+        self.records
+            .iter()
+            .find(|r| r.revision == rev)
+            .map(|r| &r.template)
+    }
+
+    /// The spec that observing, planning and every step work from: the active
+    /// operation's (its pinned spec with the manifest's live fields), else the manifest.
+    fn spec(&self, manifest: &EnvironmentSpec) -> EnvironmentSpec {
+        match &self.active {
+            Some(op) => plan::operation_spec(manifest, op),
+            None => manifest.clone(),
+        }
+    }
+
+    /// The template steps create containers from: an operation keeps to the revision it
+    /// began with; outside one, the current revision's.
+    fn template<'a>(&'a self, desired: &'a Template) -> &'a Template {
+        let rev = match (&self.active, self.journal.current.as_ref()) {
+            (Some(op), _) => Some(op.to),
+            (None, Some((cur, _))) => Some(*cur),
+            (None, None) => None,
+        };
+        rev.and_then(|r| self.template_of(r)).unwrap_or(desired)
+    }
+}
+
+/// The environment being reconciled, and what it is being reconciled against.
+pub(super) struct Target<'a> {
+    pub conn: &'a Connected,
+    pub env: &'a str,
+    /// The manifest's spec, as loaded now.
+    pub manifest: &'a EnvironmentSpec,
+    pub host_spec: &'a HostSpec,
+    pub commit: Option<&'a str>,
+}
+
+/// Whether to go on with the next action, or stop and look again after a while.
+type Next = Option<Duration>;
+
+/// Reconciles `env` until it has to wait; returns when to look again.
+pub(super) async fn reconcile_env(
+    ctl: &Arc<Controller>,
+    t: &Target<'_>,
+) -> Result<Duration, ReconcileError> {
+    let desired_template = Template::of(t.manifest);
+    let desired_hash = desired_template.hash();
+    for _ in 0..BURST {
+        let view = View::load(&ctl.store, t.env)?;
+        let spec = view.spec(t.manifest);
+        let observed = observe(t.conn, t.env, &spec).await?;
+        let now = now_millis();
+        let action = plan::plan(
+            t.env,
+            t.manifest,
+            &desired_hash,
+            &observed,
+            &view.journal,
+            now,
+        );
+        tracing::debug!(env = t.env, ?action, "planned");
         let cx = Ctx {
-            host: conn.host.as_ref(),
-            host_spec,
-            store,
-            env,
-            spec: op_spec.as_ref().unwrap_or(spec),
-            template: match (&active, journal.current.as_ref()) {
-                (Some(op), _) => template_of(op.to).unwrap_or(&desired_template),
-                (None, Some((cur, _))) => template_of(*cur).unwrap_or(&desired_template),
-                (None, None) => &desired_template,
-            },
-            old_template: active.as_ref().and_then(|op| op.from).and_then(template_of),
-            op: active.as_ref(),
-            status: status.as_ref(),
+            host: t.conn.host.as_ref(),
+            host_spec: t.host_spec,
+            store: &ctl.store,
+            env: t.env,
+            spec: &spec,
+            template: view.template(&desired_template),
+            old_template: view
+                .active
+                .as_ref()
+                .and_then(|op| op.from)
+                .and_then(|r| view.template_of(r)),
+            op: view.active.as_ref(),
+            status: view.status.as_ref(),
             now,
         };
-
-        match action {
+        let next = match action {
             Action::Idle { recheck, message } | Action::Wait { recheck, message } => {
-                if state.message != message || state.commit.as_deref() != commit {
-                    store.update_env_state(env, |s| {
-                        s.message = message.clone();
-                        s.commit = commit.map(str::to_owned);
-                        s.updated_at = now;
-                    })?;
-                }
-                return Ok(recheck);
+                show(ctl, t, &view.state, &message, now)?;
+                Some(recheck)
             }
-            Action::Broken { message } => {
-                ctl.event(
-                    env,
-                    EventKind::Warning,
-                    "JournalBroken",
-                    message.clone(),
-                    active.map(|o| o.id),
-                );
-                store.update_env_state(env, |s| {
-                    s.message = format!("needs an operator: {message}")
-                })?;
-                return Ok(plan::RESYNC);
-            }
+            Action::Broken { message } => broken(ctl, t.env, &view, message)?,
             Action::Begin(new) => {
-                if new.new_revision {
-                    store.put_revision(&RevisionRecord {
-                        env: env.to_owned(),
-                        revision: new.to,
-                        template_hash: new.template_hash.clone(),
-                        template: desired_template.clone(),
-                        spec: serde_json::to_value(spec).unwrap_or_default(),
-                        image_id: None,
-                        commit: commit.map(str::to_owned),
-                        created_at: now,
-                    })?;
-                }
-                let op = Operation {
-                    id: ulid::Ulid::new().to_string(),
-                    env: env.to_owned(),
-                    kind: OpKind::Rollout,
-                    from: new.from,
-                    to: new.to,
-                    reason: new.reason.clone(),
-                    created_at: now,
-                    steps: new.steps.clone(),
-                    log: Vec::new(),
-                };
-                store.begin(&op)?;
-                let steps: Vec<&str> = new.steps.iter().map(|s| s.name()).collect();
-                ctl.event(
-                    env,
-                    EventKind::Normal,
-                    "RolloutStarted",
-                    format!("{}: {}", new.reason, steps.join(" → ")),
-                    Some(op.id),
-                );
-                // Back through the queue at once: the status file shows the new rollout
-                // before its first step (a pull may take a while) begins.
-                return Ok(Duration::ZERO);
+                begin(ctl, t, &view, &observed, &desired_template, new, &cx).await?
             }
             Action::Run { phase, index, step } => {
-                let op = active
-                    .as_ref()
-                    .ok_or_else(|| config(env, "a step to run without an operation"))?;
-                let already = matches!(
-                    status
-                        .as_ref()
-                        .and_then(|s| s.cursor())
-                        .map(|c| c.2.clone()),
-                    Some(StepState::Running { .. })
-                );
-                if !already {
-                    // Durable before the effect: a crash from here on re-runs the step,
-                    // which observes before it acts.
-                    store.append(&op.id, ev(now, Entry::Started { phase, index }))?;
-                }
-                match steps::run_step(&cx, step).await {
-                    Ok(StepResult::Done(output)) => {
-                        announce(ctl, env, &op.id, &output);
-                        store.append(
-                            &op.id,
-                            ev(
-                                now_millis(),
-                                Entry::Succeeded {
-                                    phase,
-                                    index,
-                                    output,
-                                },
-                            ),
-                        )?;
-                    }
-                    Ok(StepResult::Pending { recheck, message }) => {
-                        if state.message != message {
-                            store.update_env_state(env, |s| s.message = message.clone())?;
-                        }
-                        return Ok(recheck);
-                    }
-                    Err(e) => {
-                        let retryable = e.is_retryable();
-                        let message = e.to_string();
-                        store.append(
-                            &op.id,
-                            ev(
-                                now_millis(),
-                                Entry::Failed {
-                                    phase,
-                                    index,
-                                    error: message.clone(),
-                                    retryable,
-                                },
-                            ),
-                        )?;
-                        ctl.event(
-                            env,
-                            EventKind::Warning,
-                            "StepFailed",
-                            format!("{}: {message}", step.name()),
-                            Some(op.id.clone()),
-                        );
-                        if retryable {
-                            return Err(e.into());
-                        }
-                    }
-                }
+                run(ctl, t.env, &view, &cx, (phase, index, step)).await?
             }
             Action::Complete {
                 phase,
                 index,
                 output,
             } => {
-                let op = active
-                    .as_ref()
-                    .ok_or_else(|| config(env, "a step to complete without an operation"))?;
-                store.append(
-                    &op.id,
-                    ev(
-                        now,
-                        Entry::Succeeded {
-                            phase,
-                            index,
-                            output,
-                        },
-                    ),
-                )?;
+                let op = active(&view, t.env)?;
+                let entry = Entry::Succeeded {
+                    phase,
+                    index,
+                    output,
+                };
+                ctl.store.append(&op.id, ev(now, entry))?;
+                None
             }
             Action::Fail {
                 phase,
                 index,
                 error,
-            } => {
-                let op = active
-                    .as_ref()
-                    .ok_or_else(|| config(env, "a step to fail without an operation"))?;
-                let step = op
-                    .status()
-                    .ok()
-                    .and_then(|s| s.cursor().map(|c| c.1.name()))
-                    .unwrap_or("step");
-                ctl.event(
-                    env,
-                    EventKind::Warning,
-                    "StepFailed",
-                    format!("{step}: {error}"),
-                    Some(op.id.clone()),
-                );
-                store.append(
-                    &op.id,
-                    ev(
-                        now,
-                        Entry::Failed {
-                            phase,
-                            index,
-                            error,
-                            retryable: false,
-                        },
-                    ),
-                )?;
-            }
+            } => fail(ctl, t.env, &view, (phase, index), error, now)?,
             Action::BeginRollback { reason, steps } => {
-                let op = active
-                    .as_ref()
-                    .ok_or_else(|| config(env, "a rollback without an operation"))?;
+                let op = active(&view, t.env)?;
                 let names: Vec<&str> = steps.iter().map(|s| s.name()).collect();
                 ctl.event(
-                    env,
+                    t.env,
                     EventKind::Warning,
                     "RollbackStarted",
                     format!("{reason}; undoing with {}", names.join(" → ")),
                     Some(op.id.clone()),
                 );
-                store.append(&op.id, ev(now, Entry::RollbackBegan { reason, steps }))?;
+                ctl.store
+                    .append(&op.id, ev(now, Entry::RollbackBegan { reason, steps }))?;
+                None
             }
-            Action::Finish(outcome) => {
-                let op = active
-                    .as_ref()
-                    .ok_or_else(|| config(env, "nothing to finish"))?;
-                store.append(
-                    &op.id,
-                    ev(
-                        now,
-                        Entry::Finished {
-                            outcome: outcome.clone(),
-                        },
-                    ),
-                )?;
-                let to_hash = records
-                    .iter()
-                    .find(|r| r.revision == op.to)
-                    .map(|r| r.template_hash.clone())
-                    .unwrap_or_default();
-                let (reason, message) = match &outcome {
-                    Outcome::Succeeded => {
-                        ("RolloutSucceeded", format!("revision {} is serving", op.to))
-                    }
-                    Outcome::RolledBack { reason } => (
-                        "RolledBack",
-                        format!(
-                            "rolled back to revision {}: {reason}",
-                            op.from.map_or("none".into(), |r| r.to_string())
-                        ),
-                    ),
-                    Outcome::Failed { reason } => (
-                        "RolloutFailed",
-                        format!("rollout to revision {} failed: {reason}", op.to),
-                    ),
-                    Outcome::Superseded => (
-                        "RolloutSuperseded",
-                        format!("rollout to revision {} superseded", op.to),
-                    ),
-                };
-                store.update_env_state(env, |s| {
-                    match &outcome {
-                        Outcome::Succeeded => {
-                            s.current = Some(op.to);
-                            s.failed = None;
-                        }
-                        Outcome::RolledBack { reason } | Outcome::Failed { reason } => {
-                            s.failed = Some(FailedTemplate {
-                                template_hash: to_hash.clone(),
-                                reason: reason.clone(),
-                                at: now,
-                            });
-                        }
-                        Outcome::Superseded => {}
-                    }
-                    s.message = message.clone();
-                    s.commit = commit.map(str::to_owned);
-                    s.updated_at = now;
-                })?;
-                ctl.event(
-                    env,
-                    event_kind(&outcome),
-                    reason,
-                    message,
-                    Some(op.id.clone()),
-                );
-            }
+            Action::Finish(outcome) => finish(ctl, t, &view, outcome, now)?,
             Action::Repair(r) => {
-                let (reason, why) = match &r {
-                    Repair::StartReplica { why, .. } | Repair::ReplaceReplica { why, .. } => {
-                        ("ReplicaRepaired", why)
-                    }
-                    Repair::StopContainer { why, .. } | Repair::RemoveContainer { why, .. } => {
-                        ("ContainerCleaned", why)
-                    }
-                    Repair::SyncTraffic { why, .. } => ("TrafficRepaired", why),
-                };
-                steps::repair(&cx, &r).await?;
-                ctl.event(env, EventKind::Normal, reason, why.clone(), None);
+                repair(ctl, &view, &cx, &r).await?;
+                None
             }
+        };
+        if let Some(recheck) = next {
+            return Ok(recheck);
         }
     }
     Ok(Duration::ZERO)
+}
+
+/// Shows `message` (and the manifests' commit) in the environment's status, if new.
+fn show(
+    ctl: &Controller,
+    t: &Target<'_>,
+    state: &EnvState,
+    message: &str,
+    now: Millis,
+) -> Result<(), ReconcileError> {
+    if state.message != message || state.commit.as_deref() != t.commit {
+        ctl.store.update_env_state(t.env, |s| {
+            s.message = message.to_owned();
+            s.commit = t.commit.map(str::to_owned);
+            s.updated_at = now;
+        })?;
+    }
+    Ok(())
+}
+
+fn active<'a>(view: &'a View, env: &str) -> Result<&'a Operation, ReconcileError> {
+    view.active
+        .as_ref()
+        .ok_or_else(|| config(env, "a step of an operation, with no active operation"))
+}
+
+fn broken(
+    ctl: &Controller,
+    env: &str,
+    view: &View,
+    message: String,
+) -> Result<Next, ReconcileError> {
+    ctl.event(
+        env,
+        EventKind::Warning,
+        "JournalBroken",
+        message.clone(),
+        view.active.as_ref().map(|o| o.id.clone()),
+    );
+    ctl.store
+        .update_env_state(env, |s| s.message = format!("needs an operator: {message}"))?;
+    Ok(Some(plan::RESYNC))
+}
+
+/// How soon an environment waiting for its dependencies looks again.
+const DEPENDENCY_RECHECK: Duration = Duration::from_secs(2);
+
+/// Begins an operation once its preflight lets it: journaled (durably) before any side
+/// effect. A refused or waiting operation leaves the environment exactly as it is, but
+/// the revision that serves is still kept healthy.
+async fn begin(
+    ctl: &Arc<Controller>,
+    t: &Target<'_>,
+    view: &View,
+    observed: &plan::Observed,
+    desired_template: &Template,
+    new: NewOperation,
+    cx: &Ctx<'_>,
+) -> Result<Next, ReconcileError> {
+    let facts = preflight::gather(ctl, t, &new.steps).await;
+    let (message, recheck) = match plan::preflight(t.manifest, &new.steps, &facts) {
+        Gate::Go => return start(ctl, t, desired_template, new).map(|()| Some(Duration::ZERO)),
+        Gate::Wait { message } => (message, DEPENDENCY_RECHECK),
+        Gate::Refuse { reasons } => {
+            let message = format!(
+                "not rolled out, nothing was changed: {}",
+                reasons.join("; ")
+            );
+            if view.state.message != message {
+                ctl.event(
+                    t.env,
+                    EventKind::Warning,
+                    "PreflightFailed",
+                    message.clone(),
+                    None,
+                );
+            }
+            (message, plan::RESYNC)
+        }
+    };
+    if let Some(Action::Repair(r)) =
+        plan::repair_current(t.env, t.manifest, observed, &view.journal)
+    {
+        repair(ctl, view, cx, &r).await?;
+        return Ok(None);
+    }
+    show(ctl, t, &view.state, &message, cx.now)?;
+    Ok(Some(recheck))
+}
+
+/// Journals a new operation (and its revision, if new), pinning the manifest's spec.
+fn start(
+    ctl: &Controller,
+    t: &Target<'_>,
+    desired_template: &Template,
+    new: NewOperation,
+) -> Result<(), ReconcileError> {
+    let now = now_millis();
+    let spec = serde_json::to_value(t.manifest).unwrap_or_default();
+    if new.new_revision {
+        ctl.store.put_revision(&RevisionRecord {
+            env: t.env.to_owned(),
+            revision: new.to,
+            template_hash: new.template_hash.clone(),
+            template: desired_template.clone(),
+            spec: spec.clone(),
+            image_id: None,
+            commit: t.commit.map(str::to_owned),
+            created_at: now,
+        })?;
+    }
+    let op = Operation {
+        id: ulid::Ulid::new().to_string(),
+        env: t.env.to_owned(),
+        kind: OpKind::Rollout,
+        from: new.from,
+        to: new.to,
+        reason: new.reason.clone(),
+        created_at: now,
+        steps: new.steps.clone(),
+        log: Vec::new(),
+        spec,
+    };
+    ctl.store.begin(&op)?;
+    let steps: Vec<&str> = new.steps.iter().map(|s| s.name()).collect();
+    ctl.event(
+        t.env,
+        EventKind::Normal,
+        "RolloutStarted",
+        format!("{}: {}", new.reason, steps.join(" → ")),
+        Some(op.id),
+    );
+    // Back through the queue at once: the status file shows the new rollout before its
+    // first step (a pull may take a while) begins.
+    Ok(())
+}
+
+/// Runs one step: `Started` is durable before the effect, the outcome after it.
+async fn run(
+    ctl: &Controller,
+    env: &str,
+    view: &View,
+    cx: &Ctx<'_>,
+    (phase, index, step): (Phase, usize, Step),
+) -> Result<Next, ReconcileError> {
+    let op = active(view, env)?;
+    let already = matches!(
+        view.status
+            .as_ref()
+            .and_then(|s| s.cursor())
+            .map(|c| c.2.clone()),
+        Some(StepState::Running { .. })
+    );
+    if !already {
+        // Durable before the effect: a crash from here on re-runs the step, which
+        // observes before it acts.
+        ctl.store
+            .append(&op.id, ev(cx.now, Entry::Started { phase, index }))?;
+    }
+    match steps::run_step(cx, step).await {
+        Ok(StepResult::Done(output)) => {
+            announce(ctl, env, &op.id, &output);
+            let entry = Entry::Succeeded {
+                phase,
+                index,
+                output,
+            };
+            ctl.store.append(&op.id, ev(now_millis(), entry))?;
+            Ok(None)
+        }
+        Ok(StepResult::Pending { recheck, message }) => {
+            if view.state.message != message {
+                ctl.store
+                    .update_env_state(env, |s| s.message = message.clone())?;
+            }
+            Ok(Some(recheck))
+        }
+        Err(e) => {
+            let retryable = e.is_retryable();
+            let message = e.to_string();
+            let entry = Entry::Failed {
+                phase,
+                index,
+                error: message.clone(),
+                retryable,
+            };
+            ctl.store.append(&op.id, ev(now_millis(), entry))?;
+            ctl.event(
+                env,
+                EventKind::Warning,
+                "StepFailed",
+                format!("{}: {message}", step.name()),
+                Some(op.id.clone()),
+            );
+            if retryable {
+                return Err(e.into());
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn fail(
+    ctl: &Controller,
+    env: &str,
+    view: &View,
+    (phase, index): (Phase, usize),
+    error: String,
+    now: Millis,
+) -> Result<Next, ReconcileError> {
+    let op = active(view, env)?;
+    let step = view
+        .status
+        .as_ref()
+        .and_then(|s| s.cursor().map(|c| c.1.name()))
+        .unwrap_or("step");
+    ctl.event(
+        env,
+        EventKind::Warning,
+        "StepFailed",
+        format!("{step}: {error}"),
+        Some(op.id.clone()),
+    );
+    let entry = Entry::Failed {
+        phase,
+        index,
+        error,
+        retryable: false,
+    };
+    ctl.store.append(&op.id, ev(now, entry))?;
+    Ok(None)
+}
+
+/// Journals the outcome, and what it means for the environment's state.
+fn finish(
+    ctl: &Controller,
+    t: &Target<'_>,
+    view: &View,
+    outcome: Outcome,
+    now: Millis,
+) -> Result<Next, ReconcileError> {
+    let op = active(view, t.env)?;
+    let entry = Entry::Finished {
+        outcome: outcome.clone(),
+    };
+    ctl.store.append(&op.id, ev(now, entry))?;
+    let to_hash = view
+        .records
+        .iter()
+        .find(|r| r.revision == op.to)
+        .map(|r| r.template_hash.clone())
+        .unwrap_or_default();
+    let (reason, message) = match &outcome {
+        Outcome::Succeeded => ("RolloutSucceeded", format!("revision {} is serving", op.to)),
+        Outcome::RolledBack { reason } => (
+            "RolledBack",
+            format!(
+                "rolled back to revision {}: {reason}",
+                op.from.map_or("none".into(), |r| r.to_string())
+            ),
+        ),
+        Outcome::Failed { reason } => (
+            "RolloutFailed",
+            format!("rollout to revision {} failed: {reason}", op.to),
+        ),
+        Outcome::Superseded => (
+            "RolloutSuperseded",
+            format!("rollout to revision {} superseded", op.to),
+        ),
+    };
+    ctl.store.update_env_state(t.env, |s| {
+        match &outcome {
+            Outcome::Succeeded => {
+                s.current = Some(op.to);
+                s.failed = None;
+            }
+            Outcome::RolledBack { reason } | Outcome::Failed { reason } => {
+                s.failed = Some(FailedTemplate {
+                    template_hash: to_hash.clone(),
+                    reason: reason.clone(),
+                    at: now,
+                });
+            }
+            Outcome::Superseded => {}
+        }
+        s.message = message.clone();
+        s.commit = t.commit.map(str::to_owned);
+        s.updated_at = now;
+    })?;
+    ctl.event(
+        t.env,
+        event_kind(&outcome),
+        reason,
+        message,
+        Some(op.id.clone()),
+    );
+    Ok(None)
+}
+
+/// Performs a drift repair, with the template of the revision it repairs (the one that
+/// serves, or the candidate of the operation under way).
+async fn repair(
+    ctl: &Controller,
+    view: &View,
+    cx: &Ctx<'_>,
+    r: &Repair,
+) -> Result<(), ReconcileError> {
+    let (reason, why) = match r {
+        Repair::StartReplica { why, .. } | Repair::ReplaceReplica { why, .. } => {
+            ("ReplicaRepaired", why)
+        }
+        Repair::StopContainer { why, .. } | Repair::RemoveContainer { why, .. } => {
+            ("ContainerCleaned", why)
+        }
+        Repair::SyncTraffic { why, .. } => ("TrafficRepaired", why),
+    };
+    let template = match r {
+        Repair::StartReplica { revision, .. } | Repair::ReplaceReplica { revision, .. } => {
+            view.template_of(*revision).unwrap_or(cx.template)
+        }
+        _ => cx.template,
+    };
+    let cx = Ctx { template, ..*cx };
+    steps::repair(&cx, r).await?;
+    ctl.event(cx.env, EventKind::Normal, reason, why.clone(), None);
+    Ok(())
 }
 
 /// What a step leaves that people want to see: a migration's output, a backup's file.

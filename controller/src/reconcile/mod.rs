@@ -13,6 +13,7 @@
 mod act;
 mod files;
 mod observe;
+mod preflight;
 pub mod queue;
 mod retry;
 pub mod status;
@@ -167,6 +168,66 @@ impl Controller {
         drop(hosts);
         self.clone().watch_docker_events(name.to_owned(), host);
         Ok(c)
+    }
+
+    /// The environments `env`'s spec depends on (`dependsOn`) that have no ready current
+    /// revision, each with why: its rollout waits for them.
+    async fn unready_dependencies(
+        self: &Arc<Self>,
+        env: &str,
+        spec: &EnvironmentSpec,
+    ) -> Vec<(String, String)> {
+        let snapshot = self.snapshot();
+        let mut unready = Vec::new();
+        for dep in &spec.depends_on {
+            if let Err(why) = self.dependency_ready(&snapshot, dep).await {
+                debug!(env, dependency = %dep, "waiting: {why}");
+                unready.push((dep.clone(), why));
+            }
+        }
+        unready
+    }
+
+    /// Whether `dep` has a current revision whose replicas are all ready.
+    async fn dependency_ready(
+        self: &Arc<Self>,
+        snapshot: &Snapshot,
+        dep: &str,
+    ) -> Result<(), String> {
+        let res = snapshot
+            .manifests
+            .environments
+            .get(dep)
+            .ok_or("not in the manifests")?;
+        let host = snapshot
+            .manifests
+            .hosts
+            .get(&res.spec.host)
+            .ok_or_else(|| format!("its host {} is not defined", res.spec.host))?;
+        let state = self
+            .store
+            .env_state(dep)
+            .map_err(|e| format!("its state cannot be read: {e}"))?;
+        let rev = state.current.ok_or("not deployed yet")?;
+        let conn = self
+            .host(&res.spec.host, &host.spec)
+            .await
+            .map_err(|e| format!("its host is unreachable: {e}"))?;
+        let containers = observe::observe_other(&conn, dep)
+            .await
+            .map_err(|e| format!("cannot be observed: {e}"))?;
+        let observed = crate::plan::Observed {
+            containers,
+            traffic: None,
+        };
+        let ready = crate::plan::ready_count(&observed, rev, &res.spec);
+        if ready < res.spec.replicas as usize {
+            return Err(format!(
+                "{ready} of {} replicas of revision {rev} ready",
+                res.spec.replicas
+            ));
+        }
+        Ok(())
     }
 
     /// Docker events of Berth's containers wake their environment: a replica that dies
@@ -328,14 +389,13 @@ impl Controller {
         }
         // Bounded per host: at most maxParallel environments of a host act at once.
         let _permit = conn.limit.clone().acquire_owned().await;
-        act::reconcile_env(
-            self,
-            &conn,
+        let target = act::Target {
+            conn: &conn,
             env,
-            spec,
-            &host_res.spec,
-            snapshot.commit.as_deref(),
-        )
-        .await
+            manifest: spec,
+            host_spec: &host_res.spec,
+            commit: snapshot.commit.as_deref(),
+        };
+        act::reconcile_env(self, &target).await
     }
 }

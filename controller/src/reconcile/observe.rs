@@ -6,7 +6,7 @@ use berth_api::environment::EnvironmentSpec;
 
 use crate::exec::probe::{ProbeKind, Target, Watch};
 use crate::exec::steps::observe_traffic;
-use crate::model::{ContainerState, Role};
+use crate::model::{ContainerInfo, ContainerState, Role};
 use crate::plan::{Health, Observed};
 
 use super::{Connected, ReconcileError};
@@ -43,7 +43,26 @@ pub(super) async fn observe(
         }
     }
     conn.monitor.set_targets(env, watches);
-    let containers = containers
+    let containers = with_health(conn, containers);
+    let traffic = observe_traffic(conn.host.as_ref(), env, spec).await?;
+    Ok(Observed {
+        containers,
+        traffic,
+    })
+}
+
+/// The containers of `env` with their health as the probe monitor last saw it, without
+/// changing what the monitor watches: how one environment looks at another it depends on.
+pub(super) async fn observe_other(
+    conn: &Connected,
+    env: &str,
+) -> Result<Vec<(ContainerInfo, Health)>, ReconcileError> {
+    let containers = conn.host.list(env).await?;
+    Ok(with_health(conn, containers))
+}
+
+fn with_health(conn: &Connected, containers: Vec<ContainerInfo>) -> Vec<(ContainerInfo, Health)> {
+    containers
         .into_iter()
         .map(|c| {
             let h = conn.monitor.snapshot(&c.name);
@@ -54,10 +73,5 @@ pub(super) async fn observe(
             });
             (c, health)
         })
-        .collect();
-    let traffic = observe_traffic(conn.host.as_ref(), env, spec).await?;
-    Ok(Observed {
-        containers,
-        traffic,
-    })
+        .collect()
 }

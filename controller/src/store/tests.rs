@@ -32,6 +32,7 @@ fn op_at(env: &str, ms: u64) -> Operation {
         created_at: ms,
         steps: vec![Step::PullImage, Step::StartCandidate],
         log: vec![],
+        spec: serde_json::Value::Null,
     }
 }
 
