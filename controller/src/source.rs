@@ -1,7 +1,7 @@
 //! Where desired state comes from: a manifest directory (usually a git work tree),
 //! loaded whole and watched for changes (notify, debounced).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,18 @@ pub fn load(dir: &Path) -> Result<Snapshot, Box<Loaded>> {
         manifests: Arc::new(manifests),
         commit: git_commit(dir),
     })
+}
+
+/// [`load`] on Tokio's blocking pool: reading a large directory and running `git` take
+/// a while, and must not freeze the runtime's workers (probes, the queue) meanwhile.
+pub async fn load_off_runtime(dir: PathBuf) -> Result<Snapshot, Box<Loaded>> {
+    match tokio::task::spawn_blocking(move || load(&dir)).await {
+        Ok(loaded) => loaded,
+        // A panic in `load` fails the caller's task, as it would have without the pool.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only a runtime shutting down cancels a blocking task, and with it the caller.
+        Err(e) => panic!("loading the manifests was cancelled: {e}"),
+    }
 }
 
 /// `git rev-parse HEAD` of the work tree holding `dir`, if it is one.
