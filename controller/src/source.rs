@@ -131,6 +131,78 @@ mod tests {
         assert!(err.has_errors());
     }
 
+    /// A git work tree of `n` Host manifests: slow enough to load that a blocked runtime
+    /// shows.
+    fn large_repository(n: usize) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..n {
+            let host = HOST.replace("name: h}", &format!("name: h{i}}}"));
+            std::fs::write(dir.path().join(format!("h{i}.yaml")), host).unwrap();
+        }
+        let git = |args: &[&str]| {
+            let out = Command::new("git")
+                .arg("-C")
+                .arg(dir.path())
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+        };
+        git(&["init", "-q"]);
+        git(&["add", "."]);
+        git(&["commit", "-qm", "hosts"]);
+        dir
+    }
+
+    #[test]
+    fn loading_a_large_repository_leaves_a_current_thread_runtime_free() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let repo = large_repository(1500);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ticks = Arc::new(AtomicU32::new(0));
+            let counter = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(10)).await;
+
+            // On the runtime's only thread, the load freezes every other task...
+            let before = ticks.load(Ordering::SeqCst);
+            let started = std::time::Instant::now();
+            let blocking = load(repo.path()).ok().unwrap();
+            let took = started.elapsed();
+            assert_eq!(
+                ticks.load(Ordering::SeqCst),
+                before,
+                "nothing ran meanwhile"
+            );
+            assert!(
+                took >= Duration::from_millis(50),
+                "the repository loads too fast to tell ({took:?})"
+            );
+
+            // ...on the blocking pool, the timer keeps firing.
+            let before = ticks.load(Ordering::SeqCst);
+            let off = load_off_runtime(repo.path().to_owned()).await.ok().unwrap();
+            let fired = ticks.load(Ordering::SeqCst) - before;
+            assert!(fired >= 5, "the timer fired {fired} times during the load");
+            assert_eq!(off.manifests.hosts.len(), 1500);
+            assert_eq!(off.commit, blocking.commit);
+            assert!(
+                off.commit.is_some_and(|c| c.len() == 40),
+                "a clean git commit"
+            );
+        });
+    }
+
     #[tokio::test]
     async fn a_burst_of_writes_is_one_change() {
         let dir = tempfile::tempdir().unwrap();
