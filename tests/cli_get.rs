@@ -594,6 +594,104 @@ vm-a    ssh://root@127.0.0.2:2222   25000-26999   2              0
 }
 
 #[test]
+fn get_hosts_shows_what_berthd_last_saw_of_each_host() {
+    use berth_controller::reconcile::host_status::{self, HostPhase, HostStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hosts.yaml");
+    std::fs::write(
+        &file,
+        "\
+apiVersion: berth.dev/v1
+kind: Host
+metadata: {name: vm-a}
+spec: {address: 'ssh://root@127.0.0.2:2222'}
+---
+apiVersion: berth.dev/v1
+kind: Host
+metadata: {name: local}
+spec: {address: local}
+",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let seen = berth_controller::ctl::output::utc(now() - 3000);
+    host_status::write(
+        &state,
+        &[
+            HostStatus {
+                name: "local".into(),
+                address: "local".into(),
+                state: HostPhase::Reachable,
+                reachable: true,
+                docker_version: Some("24.0.7".into()),
+                last_error: None,
+                last_seen: Some(seen.clone()),
+                rtt_ms: Some(1.25),
+            },
+            HostStatus {
+                name: "vm-a".into(),
+                address: "ssh://root@127.0.0.2:2222".into(),
+                state: HostPhase::NotSupported,
+                reachable: false,
+                docker_version: None,
+                last_error: Some("ssh:// hosts are not supported yet".into()),
+                last_seen: None,
+                rtt_ms: None,
+            },
+        ],
+    )
+    .unwrap();
+    let args = |o: &str| {
+        berthctl(&[
+            "get",
+            "hosts",
+            "-o",
+            o,
+            "-f",
+            &file.display().to_string(),
+            "--state",
+            &state_arg(&state),
+        ])
+    };
+    let table = ok(&args("table"));
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "ADDRESS",
+            "REACHABLE",
+            "DOCKER",
+            "LAST-SEEN",
+            "RTT",
+            "ENVIRONMENTS",
+            "LAST-ERROR"
+        ]
+    );
+    let local: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(local[..4], ["local", "local", "yes", "24.0.7"]);
+    assert!(local[4] == "3s" || local[4] == "4s", "{table}");
+    assert_eq!(local[5..], ["1.2ms", "0", "<none>"]);
+    let vm: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        vm[..4],
+        ["vm-a", "ssh://root@127.0.0.2:2222", "unsupported", "<none>"]
+    );
+    assert!(
+        table.contains("ssh:// hosts are not supported yet"),
+        "{table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(&args("json"))).unwrap();
+    assert_eq!(json[0]["metadata"]["name"], "local");
+    assert_eq!(json[0]["status"]["docker_version"], "24.0.7");
+    assert_eq!(json[0]["status"]["last_seen"], seen.as_str());
+    assert_eq!(json[1]["status"]["reachable"], false);
+    let yaml = ok(&args("yaml"));
+    assert!(yaml.contains("state: NotSupported"), "{yaml}");
+}
+
+#[test]
 fn an_output_format_that_does_not_exist_is_a_usage_error() {
     let out = berthctl(&["get", "environments", "-o", "xml"]);
     assert_eq!(out.status.code(), Some(2));

@@ -998,3 +998,151 @@ fn an_environment_waits_for_the_one_it_depends_on_without_failing() {
     w.wait_serving(1);
     assert!(w.get("/version").unwrap().1.contains("\"v1\""));
 }
+
+/// A Docker socket that accepts connections and never answers, as a hung engine (or a
+/// half-dead VM) does: every request over it waits forever. Stops when dropped.
+struct DeadSocket {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DeadSocket {
+    fn new(path: PathBuf) -> DeadSocket {
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    // Kept open, never read nor answered.
+                    Ok((conn, _)) => held.push(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        DeadSocket {
+            path,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for DeadSocket {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// How long berthd takes from its start to revision 1 serving.
+fn first_rollout(w: &mut World, opts: &EnvOpts) -> Duration {
+    w.write_manifest(opts);
+    let t0 = Instant::now();
+    w.start();
+    w.wait_serving(1);
+    t0.elapsed()
+}
+
+#[test]
+#[ignore = "needs the lab: hack/lab up"]
+fn an_unreachable_host_does_not_delay_the_rollout_on_another() {
+    let _g = serial();
+    let alone = {
+        let mut w = World::new("ha", 31800);
+        first_rollout(&mut w, &EnvOpts::default())
+    };
+
+    let mut w = World::new("hd", 31900);
+    let dead = DeadSocket::new(w.path("dead.sock"));
+    let dead_env = format!("{}-dead", w.env);
+    let extra = format!(
+        "---\napiVersion: berth.dev/v1\nkind: Host\nmetadata: {{name: dead}}\nspec: {{address: local, dockerSocket: {}}}\n\
+         ---\napiVersion: berth.dev/v1\nkind: Environment\nmetadata: {{name: {dead_env}}}\nspec: {{host: dead, image: {REGISTRY}:v1}}\n",
+        dead.path.display()
+    );
+    let beside_dead = first_rollout(
+        &mut w,
+        &EnvOpts {
+            extra,
+            ..EnvOpts::default()
+        },
+    );
+    eprintln!("first rollout: {alone:?} alone, {beside_dead:?} beside a dead host");
+    assert!(
+        beside_dead < alone + Duration::from_secs(15),
+        "a dead host delayed the rollout on another: {beside_dead:?} against {alone:?}"
+    );
+
+    // The environment on the dead host says why it waits, and the host shows as
+    // unreachable with its error (after the connection attempt's timeout).
+    let dead_status = || -> Value {
+        std::fs::read(w.path(&format!("state/status/{dead_env}.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
+    };
+    let hosts = || -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+            .args(["get", "hosts", "-o", "json", "-f"])
+            .arg(w.path("manifests"))
+            .arg("--state")
+            .arg(w.path("state"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let host = |all: &Value, name: &str| -> Value {
+        all.as_array()
+            .and_then(|a| a.iter().find(|h| h["metadata"]["name"] == name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = hosts();
+        let d = host(&all, "dead");
+        let message = dead_status()["state"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if d["status"]["last_error"].is_string() && message.starts_with("host dead unreachable: ") {
+            assert_eq!(d["status"]["reachable"], false, "{d}");
+            assert_eq!(d["status"]["state"], "Unreachable", "{d}");
+            assert!(
+                d["status"]["last_error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("did not answer"),
+                "{d}"
+            );
+            assert!(message.contains("; retrying in "), "{message}");
+            let local = host(&all, "local");
+            assert_eq!(local["status"]["reachable"], true, "{local}");
+            assert!(local["status"]["docker_version"].is_string(), "{local}");
+            assert!(local["status"]["rtt_ms"].is_number(), "{local}");
+            assert!(
+                local["status"]["last_seen"]
+                    .as_str()
+                    .is_some_and(|s| s.ends_with('Z')),
+                "{local}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "the dead host was not reported: {all}\n{message}\n{}",
+            tail(&w.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(w);
+    drop(dead);
+}

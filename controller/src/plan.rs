@@ -268,13 +268,12 @@ pub fn preflight(spec: &EnvironmentSpec, steps: &[Step], facts: &Preflight) -> G
             message: format!("waiting for {}", waits.join(", ")),
         };
     }
-    let mut reasons = Vec::new();
-    if steps.contains(&Step::SwitchTraffic) && matches!(spec.traffic, Traffic::Haproxy(_)) {
-        reasons.push(
-            "SwitchTraffic: traffic.haproxy is not supported yet (use traffic.nginx or none)"
-                .to_owned(),
-        );
-    }
+    // The same list `berthctl validate` warns from: what it says is refused, is.
+    let mut reasons: Vec<String> = berth_api::support::unsupported(spec)
+        .into_iter()
+        .filter(|u| u.effect == berth_api::support::Effect::Refused)
+        .map(|u| format!("{}: {}", u.path, u.message))
+        .collect();
     for (step, why) in &facts.missing {
         if steps.contains(step) {
             reasons.push(format!("{}: {why}", step.name()));

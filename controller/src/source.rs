@@ -1,7 +1,7 @@
 //! Where desired state comes from: a manifest directory (usually a git work tree),
 //! loaded whole and watched for changes (notify, debounced).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,18 @@ pub fn load(dir: &Path) -> Result<Snapshot, Box<Loaded>> {
         manifests: Arc::new(manifests),
         commit: git_commit(dir),
     })
+}
+
+/// [`load`] on Tokio's blocking pool: reading a large directory and running `git` take
+/// a while, and must not freeze the runtime's workers (probes, the queue) meanwhile.
+pub async fn load_off_runtime(dir: PathBuf) -> Result<Snapshot, Box<Loaded>> {
+    match tokio::task::spawn_blocking(move || load(&dir)).await {
+        Ok(loaded) => loaded,
+        // A panic in `load` fails the caller's task, as it would have without the pool.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Only a runtime shutting down cancels a blocking task, and with it the caller.
+        Err(e) => panic!("loading the manifests was cancelled: {e}"),
+    }
 }
 
 /// `git rev-parse HEAD` of the work tree holding `dir`, if it is one.
@@ -117,6 +129,78 @@ mod tests {
         std::fs::write(dir.path().join("bad.yaml"), "kind: Nope\n").unwrap();
         let err = load(dir.path()).unwrap_err();
         assert!(err.has_errors());
+    }
+
+    /// A git work tree of `n` Host manifests: slow enough to load that a blocked runtime
+    /// shows.
+    fn large_repository(n: usize) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..n {
+            let host = HOST.replace("name: h}", &format!("name: h{i}}}"));
+            std::fs::write(dir.path().join(format!("h{i}.yaml")), host).unwrap();
+        }
+        let git = |args: &[&str]| {
+            let out = Command::new("git")
+                .arg("-C")
+                .arg(dir.path())
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+        };
+        git(&["init", "-q"]);
+        git(&["add", "."]);
+        git(&["commit", "-qm", "hosts"]);
+        dir
+    }
+
+    #[test]
+    fn loading_a_large_repository_leaves_a_current_thread_runtime_free() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let repo = large_repository(1500);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ticks = Arc::new(AtomicU32::new(0));
+            let counter = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(10)).await;
+
+            // On the runtime's only thread, the load freezes every other task...
+            let before = ticks.load(Ordering::SeqCst);
+            let started = std::time::Instant::now();
+            let blocking = load(repo.path()).ok().unwrap();
+            let took = started.elapsed();
+            assert_eq!(
+                ticks.load(Ordering::SeqCst),
+                before,
+                "nothing ran meanwhile"
+            );
+            assert!(
+                took >= Duration::from_millis(50),
+                "the repository loads too fast to tell ({took:?})"
+            );
+
+            // ...on the blocking pool, the timer keeps firing.
+            let before = ticks.load(Ordering::SeqCst);
+            let off = load_off_runtime(repo.path().to_owned()).await.ok().unwrap();
+            let fired = ticks.load(Ordering::SeqCst) - before;
+            assert!(fired >= 5, "the timer fired {fired} times during the load");
+            assert_eq!(off.manifests.hosts.len(), 1500);
+            assert_eq!(off.commit, blocking.commit);
+            assert!(
+                off.commit.is_some_and(|c| c.len() == 40),
+                "a clean git commit"
+            );
+        });
     }
 
     #[tokio::test]

@@ -104,7 +104,7 @@ async fn run(args: Args) -> ExitCode {
                     // capture of `w.changes` alone would drop it and end the watch).
                     let mut w = w;
                     while w.changes.recv().await.is_some() {
-                        match source::load(&dir) {
+                        match source::load_off_runtime(dir.clone()).await {
                             Ok(s) => {
                                 info!(
                                     commit = s.commit.as_deref().unwrap_or("-"),

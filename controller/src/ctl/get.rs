@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::output::{self, age, or_none, render, short, truncate, Output, Table};
+use super::output::{self, age, or_none, parse_utc, render, short, truncate, Output, Table, NONE};
 use super::state::{phase, StateArgs};
 use super::CtlError;
 use crate::op::Millis;
-use crate::reconcile::status::EnvStatus;
+use crate::reconcile::host_status::{self, HostPhase, HostStatus};
+use crate::reconcile::status::{status_dir, EnvStatus};
 use crate::store::BackupRecord;
 
 /// How wide the MESSAGE column may get before it is cut.
@@ -40,12 +41,15 @@ pub enum Get {
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Output,
     },
-    /// The hosts declared in manifests (no berthd needed).
+    /// The hosts declared in manifests, with what berthd last saw of each (reachable,
+    /// Docker version, last error, last seen, round trip) when it has run with --state.
     #[command(visible_alias = "host")]
     Hosts {
         /// A manifest file, or a directory read recursively (*.yaml, *.yml, *.json).
         #[arg(short = 'f', long = "filename", value_name = "PATH")]
         file: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
         /// How to print the records.
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Output,
@@ -92,7 +96,11 @@ impl Get {
                 }
                 render(output, &backups, || backups_table(&backups, now))
             }
-            Get::Hosts { file, output } => {
+            Get::Hosts {
+                file,
+                state,
+                output,
+            } => {
                 if !file.exists() {
                     return Err(CtlError::NoSuchPath(file));
                 }
@@ -103,8 +111,21 @@ impl Get {
                     return Err(CtlError::InvalidManifests { path: file, errors });
                 }
                 let m = &loaded.manifests;
-                let hosts: Vec<_> = m.hosts.values().collect();
-                render(output, &hosts, || hosts_table(m))
+                let statuses =
+                    host_status::read(&state.state).map_err(|source| CtlError::ReadStatus {
+                        status_dir: status_dir(&state.state),
+                        source,
+                    })?;
+                match statuses {
+                    None => {
+                        let hosts: Vec<_> = m.hosts.values().collect();
+                        render(output, &hosts, || hosts_table(m))
+                    }
+                    Some(statuses) => {
+                        let hosts = with_status(m, &statuses)?;
+                        render(output, &hosts, || hosts_status_table(m, &statuses, now))
+                    }
+                }
             }
         }
     }
@@ -170,6 +191,82 @@ pub fn hosts_table(m: &berth_api::Manifests) -> String {
             h.spec.port_range.to_string(),
             h.spec.max_parallel.to_string(),
             envs.to_string(),
+        ]);
+    }
+    t.render()
+}
+
+/// The Host resources with a `status` from berthd's file (absent for a host berthd has
+/// not seen), for `-o json|yaml`.
+fn with_status(
+    m: &berth_api::Manifests,
+    statuses: &[HostStatus],
+) -> Result<Vec<serde_json::Value>, CtlError> {
+    let encode = |e: serde_json::Error| CtlError::Encode {
+        format: "JSON",
+        message: e.to_string(),
+    };
+    m.hosts
+        .iter()
+        .map(|(name, h)| {
+            let mut v = serde_json::to_value(h).map_err(encode)?;
+            if let (Some(obj), Some(st)) =
+                (v.as_object_mut(), statuses.iter().find(|s| &s.name == name))
+            {
+                obj.insert("status".into(), serde_json::to_value(st).map_err(encode)?);
+            }
+            Ok(v)
+        })
+        .collect()
+}
+
+/// NAME, ADDRESS, REACHABLE, DOCKER (engine version), LAST-SEEN (age), RTT,
+/// ENVIRONMENTS, LAST-ERROR — what berthd last saw of each host of the manifests.
+pub fn hosts_status_table(
+    m: &berth_api::Manifests,
+    statuses: &[HostStatus],
+    now: Millis,
+) -> String {
+    let mut t = Table::new([
+        "NAME",
+        "ADDRESS",
+        "REACHABLE",
+        "DOCKER",
+        "LAST-SEEN",
+        "RTT",
+        "ENVIRONMENTS",
+        "LAST-ERROR",
+    ]);
+    for (name, h) in &m.hosts {
+        let envs = m
+            .environments
+            .values()
+            .filter(|e| &e.spec.host == name)
+            .count();
+        let st = statuses.iter().find(|s| &s.name == name);
+        let reachable = match st.map(|s| s.state) {
+            None => "<unknown>".to_owned(),
+            Some(HostPhase::Reachable) => "yes".to_owned(),
+            Some(HostPhase::Connecting) => "connecting".to_owned(),
+            Some(HostPhase::Unreachable) => "no".to_owned(),
+            Some(HostPhase::NotSupported) => "unsupported".to_owned(),
+        };
+        let last_seen = st
+            .and_then(|s| s.last_seen.as_deref())
+            .and_then(parse_utc)
+            .map_or_else(|| NONE.to_owned(), |at| age(now, at));
+        t.row([
+            name.clone(),
+            h.spec.address.to_string(),
+            reachable,
+            or_none(st.and_then(|s| s.docker_version.clone())),
+            last_seen,
+            or_none(st.and_then(|s| s.rtt_ms).map(|ms| format!("{ms:.1}ms"))),
+            envs.to_string(),
+            truncate(
+                &output::one_line(st.and_then(|s| s.last_error.as_deref()).unwrap_or(NONE)),
+                MESSAGE_WIDTH,
+            ),
         ]);
     }
     t.render()

@@ -218,6 +218,35 @@ pub fn utc(at: Millis) -> String {
     )
 }
 
+/// The inverse of [`utc`]: milliseconds since the epoch of `YYYY-MM-DDTHH:MM:SSZ`
+/// (what berthd writes); `None` for anything else.
+pub fn parse_utc(s: &str) -> Option<Millis> {
+    let b = s.as_bytes();
+    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<u32>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let days = u64::try_from(days_from_civil(i64::from(y), m, d)).ok()?;
+    Some(((days * 86_400) + u64::from(hh * 3600 + mm * 60 + ss)) * 1000)
+}
+
+/// The day number counted from 1970-01-01 of a proleptic Gregorian date (Howard
+/// Hinnant's `days_from_civil`, the inverse of [`civil_from_days`]).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// `utc(at)` followed by its age: `2023-11-14T22:13:20Z (3h ago)`; `<unknown>` for 0.
 pub fn when(now: Millis, at: Millis) -> String {
     if at == 0 {
@@ -297,6 +326,16 @@ mod tests {
         assert_eq!(utc(1_700_000_000_123), "2023-11-14T22:13:20Z");
         assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(utc(4_107_542_399_000), "2100-02-28T23:59:59Z");
+    }
+
+    #[test]
+    fn utc_times_parse_back_to_the_second() {
+        for at in [0, 1_700_000_000_000, 951_782_400_000, 4_107_542_399_000] {
+            assert_eq!(parse_utc(&utc(at)), Some(at), "{}", utc(at));
+        }
+        assert_eq!(parse_utc("2023-11-14 22:13:20Z"), None);
+        assert_eq!(parse_utc("2023-13-14T22:13:20Z"), None);
+        assert_eq!(parse_utc("yesterday"), None);
     }
 
     #[test]

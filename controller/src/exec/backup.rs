@@ -1001,6 +1001,9 @@ pub(crate) mod shell_fake {
         async fn events(&self) -> Result<BoxStream<'static, Result<ContainerEvent>>> {
             self.0.events().await
         }
+        async fn engine_version(&self) -> Result<String> {
+            self.0.engine_version().await
+        }
     }
 }
 

@@ -102,6 +102,9 @@ impl Host for SlowHost {
     async fn events(&self) -> Result<BoxStream<'static, Result<ContainerEvent>>> {
         refused("events")
     }
+    async fn engine_version(&self) -> Result<String> {
+        refused("engine_version")
+    }
 }
 
 /// Probes, targets and a fake host with one replica, as the tests of `probe` and

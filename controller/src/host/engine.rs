@@ -83,6 +83,19 @@ impl Engine {
         })
     }
 
+    /// The server's version; a round trip, so also a liveness check.
+    pub async fn version(&self) -> Result<String> {
+        let v = self
+            .docker
+            .version()
+            .await
+            .map_err(|e| HostError::Unreachable {
+                host: self.host.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(v.version.unwrap_or_else(|| "unknown".to_owned()))
+    }
+
     fn err(&self, op: &'static str, object: &str, e: DockerError) -> HostError {
         map_error(&self.host, op, object, e)
     }

@@ -744,6 +744,12 @@ impl Host for FakeHost {
         })
         .boxed())
     }
+
+    async fn engine_version(&self) -> Result<String> {
+        let mut s = self.lock();
+        s.begin(&self.name, "engine_version", "", false)?;
+        Ok("fake".to_owned())
+    }
 }
 
 /// One HTTP request (headers, then `Content-Length` bytes of body), or whatever arrived

@@ -258,6 +258,10 @@ impl Host for LocalHost {
             .map_or(0, |d| d.as_secs() as i64);
         Ok(self.engine.events(now - 1))
     }
+
+    async fn engine_version(&self) -> Result<String> {
+        self.engine.version().await
+    }
 }
 
 fn exit_code(status: &std::process::ExitStatus) -> i64 {

@@ -191,4 +191,8 @@ pub trait Host: Send + Sync + 'static {
 
     /// Container events of Berth's containers, until the connection drops.
     async fn events(&self) -> Result<BoxStream<'static, Result<ContainerEvent>>>;
+
+    /// The Docker engine's version (`docker version`'s server version). One round trip
+    /// to the engine: the controller also uses it to check the host is still reachable.
+    async fn engine_version(&self) -> Result<String>;
 }

@@ -1179,7 +1179,7 @@ fn preflight_waits_for_dependencies_then_refuses_what_cannot_be_done() {
         &Preflight::default(),
     );
     assert!(
-        matches!(&gate, Gate::Refuse { reasons } if reasons[0].contains("traffic.haproxy is not supported yet")),
+        matches!(&gate, Gate::Refuse { reasons } if reasons[0].starts_with("spec.traffic.haproxy: not supported yet")),
         "{gate:?}"
     );
 }

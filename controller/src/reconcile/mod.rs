@@ -9,29 +9,32 @@
 //! - A journal write that precedes a side effect is flushed before it (the store's rule).
 //! - An error never ends the loop: it is recorded, and the environment is retried with
 //!   exponential backoff and jitter.
+//! - One dead host stalls nothing else: hosts connect on their own tasks
+//!   ([`hosts::HostTable`]); an environment whose host is not connected returns at once
+//!   with a status message saying so, and is enqueued again when the host connects.
+//! - Nothing blocks the runtime's workers: status files are written on the blocking pool,
+//!   and the journal's flushes tell the runtime they block (see [`Store`]).
 
 mod act;
 mod files;
+pub mod host_status;
+mod hosts;
 mod observe;
 mod preflight;
 pub mod queue;
 mod retry;
 pub mod status;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use berth_api::environment::EnvironmentSpec;
 use berth_api::values::Address;
-use berth_api::HostSpec;
-use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::exec::probe::{Flip, Monitor};
-use crate::host::local::LocalHost;
 use crate::host::{Host, HostError};
 use crate::source::Snapshot;
 use crate::store::{EventKind, NewEvent, Store, StoreError};
@@ -50,6 +53,23 @@ pub enum ReconcileError {
     Config { env: String, message: String },
     #[error("host {host}: SSH hosts are not supported yet")]
     SshNotSupported { host: String },
+    /// The environment's host is not connected (yet); the message says why and when the
+    /// next attempt is.
+    #[error("{message}")]
+    HostUnavailable { host: String, message: String },
+}
+
+impl From<hosts::Unavailable> for ReconcileError {
+    fn from(u: hosts::Unavailable) -> Self {
+        match u {
+            hosts::Unavailable::NotSupported { host } => ReconcileError::SshNotSupported { host },
+            hosts::Unavailable::Connecting { ref host }
+            | hosts::Unavailable::Unreachable { ref host, .. } => ReconcileError::HostUnavailable {
+                host: host.clone(),
+                message: u.to_string(),
+            },
+        }
+    }
 }
 
 /// A connected host, with the probe monitor watching its containers.
@@ -63,10 +83,10 @@ struct Connected {
 pub struct Controller {
     store: Store,
     desired: RwLock<Snapshot>,
-    hosts: tokio::sync::Mutex<HashMap<String, Connected>>,
+    hosts: Arc<hosts::HostTable>,
+    host_wake_rx: Mutex<Option<mpsc::UnboundedReceiver<hosts::Wake>>>,
     queue: queue::Queue<String>,
     backoff: Mutex<retry::Backoffs>,
-    flips: mpsc::UnboundedSender<Flip>,
     flips_rx: Mutex<Option<mpsc::UnboundedReceiver<Flip>>>,
     files: Mutex<files::FileWatch>,
     files_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
@@ -75,15 +95,25 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(store: Store, desired: Snapshot, resync: Duration) -> Arc<Controller> {
+        Controller::with_connector(store, desired, resync, hosts::local_connector())
+    }
+
+    fn with_connector(
+        store: Store,
+        desired: Snapshot,
+        resync: Duration,
+        connector: hosts::Connector,
+    ) -> Arc<Controller> {
         let (flips, flips_rx) = mpsc::unbounded_channel();
         let (files_tx, files_rx) = mpsc::unbounded_channel();
+        let (wake, wake_rx) = mpsc::unbounded_channel();
         Arc::new(Controller {
             store,
             desired: RwLock::new(desired),
-            hosts: tokio::sync::Mutex::new(HashMap::new()),
+            hosts: hosts::HostTable::new(connector, flips, wake),
+            host_wake_rx: Mutex::new(Some(wake_rx)),
             queue: queue::Queue::default(),
             backoff: Mutex::new(retry::Backoffs::default()),
-            flips,
             flips_rx: Mutex::new(Some(flips_rx)),
             files: Mutex::new(files::FileWatch::new(files_tx)),
             files_rx: Mutex::new(Some(files_rx)),
@@ -102,9 +132,11 @@ impl Controller {
             .clone()
     }
 
-    /// Replaces the desired state (a valid reload) and enqueues every environment.
+    /// Replaces the desired state (a valid reload) and enqueues every environment. Hosts
+    /// whose spec changed reconnect. Must be called inside the runtime.
     pub fn set_desired(&self, snapshot: Snapshot) {
         let names: Vec<String> = snapshot.manifests.environments.keys().cloned().collect();
+        self.sync_hosts(&snapshot);
         *self.desired.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
         for n in names {
             self.queue.schedule_now(n);
@@ -140,34 +172,14 @@ impl Controller {
         }
     }
 
-    /// The host an environment runs on, connected on first use.
-    async fn host(
-        self: &Arc<Self>,
-        name: &str,
-        spec: &HostSpec,
-    ) -> Result<Connected, ReconcileError> {
-        let mut hosts = self.hosts.lock().await;
-        if let Some(c) = hosts.get(name) {
-            return Ok(c.clone());
-        }
-        let host: Arc<dyn Host> = match spec.address {
-            Address::Local => Arc::new(LocalHost::connect(name, spec).await?),
-            Address::Ssh { .. } => {
-                return Err(ReconcileError::SshNotSupported {
-                    host: name.to_owned(),
-                })
-            }
-        };
-        let monitor = Arc::new(Monitor::with_notify(host.clone(), self.flips.clone()));
-        let c = Connected {
-            host: host.clone(),
-            monitor,
-            limit: Arc::new(Semaphore::new(spec.max_parallel as usize)),
-        };
-        hosts.insert(name.to_owned(), c.clone());
-        drop(hosts);
-        self.clone().watch_docker_events(name.to_owned(), host);
-        Ok(c)
+    fn sync_hosts(&self, snapshot: &Snapshot) {
+        self.hosts.sync(
+            snapshot
+                .manifests
+                .hosts
+                .iter()
+                .map(|(name, h)| (name.as_str(), &h.spec)),
+        );
     }
 
     /// The environments `env`'s spec depends on (`dependsOn`) that have no ready current
@@ -210,8 +222,8 @@ impl Controller {
             .map_err(|e| format!("its state cannot be read: {e}"))?;
         let rev = state.current.ok_or("not deployed yet")?;
         let conn = self
-            .host(&res.spec.host, &host.spec)
-            .await
+            .hosts
+            .get(&res.spec.host, &host.spec)
             .map_err(|e| format!("its host is unreachable: {e}"))?;
         let containers = observe::observe_other(&conn, dep)
             .await
@@ -230,35 +242,61 @@ impl Controller {
         Ok(())
     }
 
-    /// Docker events of Berth's containers wake their environment: a replica that dies
-    /// is noticed at once, not at the next resync.
-    fn watch_docker_events(self: Arc<Self>, name: String, host: Arc<dyn Host>) {
+    /// The environments the manifests place on `host`.
+    fn environments_on(&self, host: &str) -> Vec<String> {
+        self.snapshot()
+            .manifests
+            .environments
+            .iter()
+            .filter(|(_, e)| e.spec.host == host)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Rewrites the hosts' status file whenever the host table changes (on the blocking
+    /// pool; changes during a write are coalesced into the next one).
+    fn write_host_status(self: &Arc<Self>) {
+        let me = self.clone();
         tokio::spawn(async move {
             loop {
-                match host.events().await {
-                    Ok(mut stream) => {
-                        while let Some(ev) = stream.next().await {
-                            match ev {
-                                Ok(ev) => {
-                                    debug!(host = %name, env = %ev.env_name, container = %ev.container, action = %ev.action, "docker event");
-                                    self.enqueue(&ev.env_name);
-                                }
-                                Err(e) => {
-                                    warn!(host = %name, "docker events: {e}");
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => warn!(host = %name, "docker events: {e}"),
+                me.hosts.changed.notified().await;
+                let statuses = me.hosts.statuses();
+                let dir = me.store.dir().to_owned();
+                let written =
+                    tokio::task::spawn_blocking(move || host_status::write(&dir, &statuses)).await;
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!("could not write the hosts' status file: {e}"),
+                    Err(e) => warn!("could not write the hosts' status file: {e}"),
                 }
-                tokio::time::sleep(Duration::from_secs(2)).await;
             }
         });
     }
 
     /// Runs until `shutdown` turns true; then finishes the steps under way and returns.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        self.write_host_status();
+        self.sync_hosts(&self.snapshot());
+        if let Some(mut wakes) = self
+            .host_wake_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let me = self.clone();
+            tokio::spawn(async move {
+                while let Some(w) = wakes.recv().await {
+                    match w {
+                        hosts::Wake::Env(env) => me.enqueue(&env),
+                        hosts::Wake::HostUp(host) => {
+                            for env in me.environments_on(&host) {
+                                me.enqueue(&env);
+                            }
+                        }
+                    }
+                }
+            });
+        }
         for env in self.snapshot().manifests.environments.keys() {
             self.enqueue(env);
         }
@@ -334,8 +372,12 @@ impl Controller {
     /// and turned into a backoff, never returned.
     async fn reconcile(self: &Arc<Self>, env: &str) -> Duration {
         let next = self.reconcile_outcome(env).await;
-        if let Err(e) = status::write(&self.store, env) {
-            warn!(env, "could not write the status file: {e}");
+        // Off the runtime's workers: a slow disk must not freeze probes and the queue.
+        let (store, name) = (self.store.clone(), env.to_owned());
+        match tokio::task::spawn_blocking(move || status::write(&store, &name)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(env, "could not write the status file: {e}"),
+            Err(e) => warn!(env, "could not write the status file: {e}"),
         }
         next
     }
@@ -348,6 +390,15 @@ impl Controller {
                     .unwrap_or_else(|p| p.into_inner())
                     .reset(env);
                 next
+            }
+            Err(ReconcileError::HostUnavailable { host, message }) => {
+                // Not this environment's failure: no backoff of its own. The host's task
+                // enqueues it again when the host connects; the resync is a safety net.
+                debug!(env, host, "waiting for its host: {message}");
+                let _ = self
+                    .store
+                    .update_env_state(env, |s| s.message = message.clone());
+                self.resync
             }
             Err(e) => {
                 let delay = self
@@ -378,7 +429,7 @@ impl Controller {
                 message: format!("host {} is not defined", spec.host),
             });
         };
-        let conn = self.host(&spec.host, &host_res.spec).await?;
+        let conn = self.hosts.get(&spec.host, &host_res.spec)?;
         if let (Address::Local, berth_api::environment::Traffic::Nginx(n)) =
             (&host_res.spec.address, &spec.traffic)
         {

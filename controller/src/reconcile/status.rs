@@ -130,7 +130,8 @@ pub fn write(store: &Store, env: &str) -> std::io::Result<()> {
     std::fs::rename(tmp, dir.join(format!("{env}.json")))
 }
 
-/// Reads every status file under a state directory.
+/// Reads every environment's status file under a state directory (hidden files and
+/// `_`-files, such as the hosts' status, are not environments).
 pub fn read_all(state_dir: &Path) -> std::io::Result<Vec<EnvStatus>> {
     let mut out = Vec::new();
     let dir = status_dir(state_dir);
@@ -142,7 +143,7 @@ pub fn read_all(state_dir: &Path) -> std::io::Result<Vec<EnvStatus>> {
         if p.extension().and_then(|x| x.to_str()) == Some("json")
             && !p
                 .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                .is_some_and(|n| n.to_string_lossy().starts_with(['.', '_']))
         {
             let bytes = std::fs::read(&p)?;
             out.push(serde_json::from_slice(&bytes).map_err(std::io::Error::other)?);

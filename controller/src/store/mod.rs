@@ -27,8 +27,9 @@
 //!   An event can be lost in a crash up to sled's background flush (500 ms) unless a
 //!   later flushing write (any journal write) carried it.
 //!
-//! Calls block the thread (a flush is an fsync, milliseconds); async callers may use
-//! `spawn_blocking` for bursts. A sled database is locked by its process: open one
+//! Calls block the thread (a flush is an fsync, milliseconds); on a multi-threaded Tokio
+//! runtime a flush first moves the worker's other tasks elsewhere (`block_in_place`), so
+//! async callers stall only themselves. Callers may also use `spawn_blocking` for bursts. A sled database is locked by its process: open one
 //! [`Store`] per state directory and clone it (clones share everything).
 
 mod error;
@@ -226,12 +227,24 @@ impl Store {
         &self.inner.t
     }
 
+    /// Flushes to disk (an fsync). On a multi-threaded Tokio runtime the worker thread
+    /// first hands its other tasks to another worker (`block_in_place`), so that a slow
+    /// disk stalls only the caller, never probes or the queue; the callers (the reconcile
+    /// loop, the steps) keep a sync API, which berthctl and the tests use as well.
     fn flush(&self) -> Result<(), StoreError> {
-        self.t()
-            .db
-            .flush()
-            .map(drop)
-            .map_err(|source| StoreError::Flush { source })
+        let flush = || {
+            self.t()
+                .db
+                .flush()
+                .map(drop)
+                .map_err(|source| StoreError::Flush { source })
+        };
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(flush),
+            // A current-thread runtime cannot hand its tasks over, and outside a runtime
+            // there are none.
+            _ => flush(),
+        }
     }
 
     // ---- Operations ----------------------------------------------------------------
