@@ -1,6 +1,6 @@
 //! A real crash of the journal: a child process appends to operations in a loop and is
 //! SIGKILLed at a random moment; the journal it leaves must open without repairs, replay,
-//! and hold every append the child saw flushed (DESIGN.md: a flush survives a kill).
+//! and hold every append the child saw flushed (docs/design.md: a flush survives a kill).
 //!
 //! The child is this test binary itself, re-executed with a filter that runs only
 //! [`crash_child_helper`] and an environment variable that tells it where the store is.

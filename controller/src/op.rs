@@ -16,7 +16,8 @@ pub type Millis = u64;
 /// A ULID, as text.
 pub type OpId = String;
 
-/// The steps of a rollout and of its rollback (DESIGN.md, "Rollouts are operations").
+/// The steps of a rollout and of its rollback (docs/design.md, "Steps by strategy and
+/// migration policy").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Step {
     /// Waits for `berthctl approve` (approval: Required).

@@ -140,7 +140,7 @@ pub enum Repair {
 }
 
 /// The forward steps of a rollout, in order, by strategy and migration policy
-/// (DESIGN.md, "Order by migration policy").
+/// (docs/design.md, "Steps by strategy and migration policy").
 pub fn steps_for(spec: &EnvironmentSpec, from: Option<Revision>) -> Vec<Step> {
     let policy = spec.migration.policy;
     let migrates = policy != MigrationPolicy::None;

@@ -1,4 +1,5 @@
-//! Backups: take one to a file on the host, restore one, prune old ones (DESIGN.md rule 5).
+//! Backups: take one to a file on the host, restore one, prune old ones (journal rule 5 of
+//! docs/design.md).
 //!
 //! A backup is a single file on the host, `<directory>/<env>-<id>.<ext>`. It is written as
 //! `<path>.partial` and renamed to `<path>` only once complete, so a file at `<path>` is

@@ -1,5 +1,5 @@
 //! The migration: a one-off container of the new image, named after the operation, that
-//! runs exactly once (DESIGN.md rule 4).
+//! runs exactly once (docs/design.md, journal rule 4).
 //!
 //! [`migrate`] is called again and again while the `Migrate` step runs (and again after a
 //! crash); each call observes the container first and only then acts:

@@ -3,7 +3,7 @@
 //!
 //! # Guarantees
 //! Every function here may be called again after a crash at any point, and then does
-//! only what is still missing (DESIGN.md, "Rollouts are operations").
+//! only what is still missing (docs/design.md, "Operations and the journal").
 
 pub mod backup;
 pub mod containers;

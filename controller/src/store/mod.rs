@@ -18,8 +18,8 @@
 //! # Guarantees
 //! - Every write that can precede a side effect (operations, environment state,
 //!   revisions, backups, and removals of them) is flushed before the call returns
-//!   (DESIGN.md: "Wait for the flush before every side effect"). A flush survives a kill of
-//!   the process; it is not a promise against power loss (sled issue 1452).
+//!   (docs/design.md, journal rules 1 and 2). A flush survives a kill of the process;
+//!   it is not a promise against power loss (sled issue 1452).
 //! - Writes that must agree (an operation and its environment's `active_op`) are one sled
 //!   transaction, which sled recovers atomically: after a crash, both or neither.
 //! - Bad stored data is an `Err` ([`StoreError::is_corrupt`]), never a panic.
@@ -254,7 +254,7 @@ impl Store {
     /// # Guarantees
     /// The operation (with its step list) and the pointer are written in one transaction
     /// and flushed before this returns, so the caller may start the first side effect
-    /// (DESIGN.md rule 1). Nothing is written on error.
+    /// (docs/design.md, journal rule 1). Nothing is written on error.
     ///
     /// # Errors
     /// [`StoreError::Busy`] when the environment's `active_op` names an unfinished
@@ -317,9 +317,9 @@ impl Store {
     ///
     /// # Guarantees
     /// The log with the event replays through [`Operation::status`], or nothing is
-    /// written. The write is flushed before this returns (DESIGN.md rule 2: a step's
-    /// `Started` is durable before its side effect). `Finished` clears the environment's
-    /// `active_op` in the same transaction.
+    /// written. The write is flushed before this returns (journal rule 2 of docs/design.md:
+    /// a step's `Started` is durable before its side effect). `Finished` clears the
+    /// environment's `active_op` in the same transaction.
     ///
     /// # Errors
     /// [`StoreError::IllegalTransition`] when the event is not possible here (nothing

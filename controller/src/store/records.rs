@@ -4,8 +4,8 @@
 //! # Secrets never enter the journal
 //! No record here may hold env-file contents, passwords, tokens or registry credentials,
 //! and no field that could carry one may be added. Records name files (env files, backup
-//! dumps) by path, and templates and specs are kept as the manifest states them — which
-//! by DESIGN.md never inlines secrets (`envFiles` are files on the host). The reason is
+//! dumps) by path, and templates and specs are kept as the manifest states them, whose
+//! secrets belong in `envFiles`, on the host (docs/design.md, "Secrets"). The reason is
 //! that the state directory is read back verbatim by `berthctl get/describe -o json`,
 //! copied by whoever backs up the controller, and sled keeps overwritten values in its
 //! log until it compacts: a secret written once would be hard to get out again.
@@ -69,8 +69,8 @@ pub struct RevisionRecord {
     pub created_at: Millis,
 }
 
-/// A completed backup (DESIGN.md rule 5: catalogued with size and sha256 when complete,
-/// so a catalogued, matching file is known to be whole).
+/// A completed backup (docs/design.md, journal rule 5: catalogued with size and sha256 when
+/// complete, so a catalogued, matching file is known to be whole).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupRecord {
     /// A ULID.
