@@ -70,6 +70,7 @@ fn revision(env: &str, revision: u64, image: &str, hash: &str) -> RevisionRecord
         template: template(image),
         spec: serde_json::json!({}),
         image_id: None,
+        repo_digest: None,
         commit: Some("3f2a9c1".into()),
         created_at: T0,
     }
@@ -148,6 +149,7 @@ fn state_dir() -> tempfile::TempDir {
             index: 0,
             output: StepOutput::Image {
                 id: "sha256:abc".into(),
+                repo_digest: Some(format!("app@sha256:{}", "d".repeat(64))),
             },
         },
         Entry::Started { phase: f, index: 1 },

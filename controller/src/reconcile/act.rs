@@ -8,9 +8,11 @@ use berth_api::environment::EnvironmentSpec;
 use berth_api::HostSpec;
 
 use crate::exec::steps::{self, Ctx, StepResult};
+use crate::exec::ExecError;
 use crate::model::Template;
 use crate::op::{Entry, Event, Millis, OpKind, Operation, Outcome, StepOutput, StepState};
 use crate::plan::{self, Action, Journal, Repair};
+use crate::redact::Redactor;
 use crate::store::{EventKind, FailedTemplate, RevisionRecord};
 
 use super::observe::observe;
@@ -44,8 +46,17 @@ pub(super) async fn reconcile_env(
     let store = &ctl.store;
     let desired_template = Template::of(spec);
     let desired_hash = desired_template.hash();
+    // Every revision's env and env files: an operation may run an older revision's.
+    let known = store.revisions(env)?;
+    let redactor = Arc::new(
+        Redactor::load(
+            conn.host.as_ref(),
+            known.iter().map(|r| &r.template).chain([&desired_template]),
+        )
+        .await?,
+    );
     for _ in 0..BURST {
-        let observed = observe(conn, env, spec).await?;
+        let observed = observe(conn, env, spec, &redactor).await?;
         let state = store.env_state(env)?;
         let active = store.active_operation(env)?;
         let records = store.revisions(env)?;
@@ -101,6 +112,7 @@ pub(super) async fn reconcile_env(
             op: active.as_ref(),
             status: status.as_ref(),
             now,
+            redactor: &redactor,
         };
 
         match action {
@@ -135,7 +147,9 @@ pub(super) async fn reconcile_env(
                         template_hash: new.template_hash.clone(),
                         template: desired_template.clone(),
                         spec: serde_json::to_value(spec).unwrap_or_default(),
+                        // Filled in when its PullImage step succeeds.
                         image_id: None,
+                        repo_digest: None,
                         commit: commit.map(str::to_owned),
                         created_at: now,
                     })?;
@@ -182,7 +196,13 @@ pub(super) async fn reconcile_env(
                 }
                 match steps::run_step(&cx, step).await {
                     Ok(StepResult::Done(output)) => {
-                        announce(ctl, env, &op.id, &output);
+                        announce(ctl, &redactor, env, &op.id, &output);
+                        let pulled = match &output {
+                            StepOutput::Image { id, repo_digest } => {
+                                Some((id.clone(), repo_digest.clone()))
+                            }
+                            _ => None,
+                        };
                         store.append(
                             &op.id,
                             ev(
@@ -194,6 +214,11 @@ pub(super) async fn reconcile_env(
                                 },
                             ),
                         )?;
+                        // What was pulled is what the revision runs from now on, also
+                        // after this operation (drift repairs, an undo to it).
+                        if let Some((id, digest)) = pulled {
+                            store.record_pulled_image(env, op.to, &id, digest.as_deref())?;
+                        }
                     }
                     Ok(StepResult::Pending { recheck, message }) => {
                         if state.message != message {
@@ -203,7 +228,7 @@ pub(super) async fn reconcile_env(
                     }
                     Err(e) => {
                         let retryable = e.is_retryable();
-                        let message = e.to_string();
+                        let message = redactor.redact(&e.to_string());
                         store.append(
                             &op.id,
                             ev(
@@ -224,7 +249,8 @@ pub(super) async fn reconcile_env(
                             Some(op.id.clone()),
                         );
                         if retryable {
-                            return Err(e.into());
+                            // Logged and shown as the environment's message: redacted too.
+                            return Err(ExecError::failed(step.name(), message, true).into());
                         }
                     }
                 }
@@ -254,6 +280,7 @@ pub(super) async fn reconcile_env(
                 index,
                 error,
             } => {
+                let error = redactor.redact(&error);
                 let op = active
                     .as_ref()
                     .ok_or_else(|| config(env, "a step to fail without an operation"))?;
@@ -380,7 +407,7 @@ pub(super) async fn reconcile_env(
 }
 
 /// What a step leaves that people want to see: a migration's output, a backup's file.
-fn announce(ctl: &Controller, env: &str, op: &str, output: &StepOutput) {
+fn announce(ctl: &Controller, redactor: &Redactor, env: &str, op: &str, output: &StepOutput) {
     let (reason, message) = match output {
         StepOutput::Migration { log_tail, .. } => (
             "MigrationSucceeded",
@@ -394,6 +421,7 @@ fn announce(ctl: &Controller, env: &str, op: &str, output: &StepOutput) {
         ),
         _ => return,
     };
+    let message = redactor.redact(&message);
     ctl.event(env, EventKind::Normal, reason, message, Some(op.to_owned()));
 }
 
