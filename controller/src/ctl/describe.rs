@@ -111,7 +111,7 @@ pub fn environment(s: &EnvStatus, now: Millis) -> String {
 
     out.push('\n');
     section(&mut out, "Revisions", {
-        let mut t = Table::new(["REVISION", "IMAGE", "HASH", "COMMIT", "CREATED"]);
+        let mut t = Table::new(["REVISION", "IMAGE", "DIGEST", "HASH", "COMMIT", "CREATED"]);
         for r in &s.revisions {
             let mark = if st.current == Some(r.revision) {
                 " (current)"
@@ -121,6 +121,13 @@ pub fn environment(s: &EnvStatus, now: Millis) -> String {
             t.row([
                 format!("{}{mark}", r.revision),
                 r.image.clone(),
+                // What the containers run: the digest pulled (the tag may have moved).
+                or_none(
+                    r.repo_digest
+                        .as_deref()
+                        .and_then(|d| d.split_once('@'))
+                        .map(|(_, d)| d),
+                ),
                 short(&r.template_hash, 12).to_owned(),
                 or_none(r.commit.as_deref()),
                 utc(r.created_at),

@@ -24,6 +24,9 @@ pub struct EnvStatus {
 pub struct RevisionLine {
     pub revision: u64,
     pub image: String,
+    /// `repo@sha256:…`: what the revision's containers run, once pulled.
+    #[serde(default)]
+    pub repo_digest: Option<String>,
     pub template_hash: String,
     pub commit: Option<String>,
     pub created_at: u64,
@@ -104,6 +107,7 @@ pub fn collect(store: &Store, env: &str) -> Result<EnvStatus, StoreError> {
         .map(|r| RevisionLine {
             revision: r.revision,
             image: r.template.image.clone(),
+            repo_digest: r.repo_digest,
             template_hash: r.template_hash,
             commit: r.commit,
             created_at: r.created_at,
