@@ -6,6 +6,7 @@ use clap::Subcommand;
 
 use super::output::{self, age, or_none, render, short, truncate, Output, Table};
 use super::state::{phase, StateArgs};
+use super::view;
 use super::CtlError;
 use crate::op::Millis;
 use crate::reconcile::status::EnvStatus;
@@ -74,7 +75,8 @@ impl Get {
                     ));
                     return Ok(String::new());
                 }
-                render(output, &envs, || environments_table(&envs, now))
+                let views: Vec<_> = envs.iter().map(view::environment).collect();
+                render(output, &views, || environments_table(&envs, now))
             }
             Get::Backups {
                 names,
@@ -90,7 +92,8 @@ impl Get {
                     no_rows(&format!("No backups found in {}.", state.state.display()));
                     return Ok(String::new());
                 }
-                render(output, &backups, || backups_table(&backups, now))
+                let views: Vec<_> = backups.iter().map(view::backup).collect();
+                render(output, &views, || backups_table(&backups, now))
             }
             Get::Hosts { file, output } => {
                 if !file.exists() {
