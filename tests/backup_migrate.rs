@@ -17,6 +17,7 @@ use berth_controller::exec::migrate::{self, Progress};
 use berth_controller::host::local::LocalHost;
 use berth_controller::host::Host;
 use berth_controller::model::{self, ContainerSpec, ContainerState, Role, Template};
+use berth_controller::redact::Redactor;
 
 #[path = "support/mod.rs"]
 mod support;
@@ -96,7 +97,7 @@ async fn migrate_to_end(host: &LocalHost, spec: &ContainerSpec, timeout: Duratio
     let started_at = now_ms();
     let give_up = Instant::now() + MIGRATION_LIMIT;
     loop {
-        let p = migrate::migrate(host, spec, started_at, now_ms(), timeout)
+        let p = migrate::migrate(host, spec, started_at, now_ms(), timeout, &Redactor::none())
             .await
             .unwrap_or_else(|e| panic!("migrate {}: {e}", spec.name));
         match p {
@@ -173,9 +174,16 @@ async fn a_migration_runs_exactly_once_per_operation_even_when_observed_again() 
 
         // Observed again (a resumed step): done, and not run again.
         for _ in 0..2 {
-            let again = migrate::migrate(&host, &spec, 0, now_ms(), MIGRATION_LIMIT)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
+            let again = migrate::migrate(
+                &host,
+                &spec,
+                0,
+                now_ms(),
+                MIGRATION_LIMIT,
+                &Redactor::none(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
             assert!(matches!(again, Progress::Done { .. }), "{again:?}");
         }
         assert_eq!(
@@ -239,9 +247,16 @@ async fn a_failing_migration_is_failed_with_its_log_and_never_run_again() {
     assert!(log_tail.lines().count() <= migrate::LOG_TAIL_LINES);
     let first_start = started_at(&spec.name);
 
-    let again = migrate::migrate(&host, &spec, 0, now_ms(), MIGRATION_LIMIT)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let again = migrate::migrate(
+        &host,
+        &spec,
+        0,
+        now_ms(),
+        MIGRATION_LIMIT,
+        &Redactor::none(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         matches!(again, Progress::Failed { exit_code: c, .. } if c == exit_code),
         "{again:?}"
@@ -276,7 +291,7 @@ async fn a_migration_past_its_timeout_is_stopped_and_not_restarted() {
     let timeout = Duration::from_secs(600);
     let t0 = now_ms();
 
-    let first = migrate::migrate(&host, &spec, t0, t0, timeout)
+    let first = migrate::migrate(&host, &spec, t0, t0, timeout, &Redactor::none())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(first, Progress::Running { since: t0 });
@@ -289,7 +304,7 @@ async fn a_migration_past_its_timeout_is_stopped_and_not_restarted() {
     // Time is passed in: the same call, past the deadline.
     let past = t0 + timeout.as_millis() as u64;
     let stopped = Instant::now();
-    let timed_out = migrate::migrate(&host, &spec, t0, past, timeout)
+    let timed_out = migrate::migrate(&host, &spec, t0, past, timeout, &Redactor::none())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let Progress::TimedOut { log_tail } = timed_out else {
@@ -309,7 +324,7 @@ async fn a_migration_past_its_timeout_is_stopped_and_not_restarted() {
 
     // Observed again, the stopped migration is a failure; it is not started again.
     let first_start = started_at(&spec.name);
-    let again = migrate::migrate(&host, &spec, t0, past + 1000, timeout)
+    let again = migrate::migrate(&host, &spec, t0, past + 1000, timeout, &Redactor::none())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(matches!(again, Progress::Failed { .. }), "{again:?}");

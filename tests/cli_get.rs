@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_controller::model::Template;
 use berth_controller::op::{Entry, Event, OpKind, Operation, Outcome, Phase, Step, StepOutput};
-use berth_controller::reconcile::status::{self, EnvStatus};
+use berth_controller::reconcile::status;
 use berth_controller::store::{
     BackupRecord, EventKind, FailedTemplate, NewEvent, RevisionRecord, Store,
 };
@@ -70,6 +70,7 @@ fn revision(env: &str, revision: u64, image: &str, hash: &str) -> RevisionRecord
         template: template(image),
         spec: serde_json::json!({}),
         image_id: None,
+        repo_digest: None,
         commit: Some("3f2a9c1".into()),
         created_at: T0,
     }
@@ -114,7 +115,10 @@ fn state_dir() -> tempfile::TempDir {
         .put_revision(&revision("web", 1, "app:v1", "1111aaaa2222bbbb3333"))
         .unwrap();
     store
-        .put_revision(&revision("web", 2, "app:v2", "4444cccc5555dddd6666"))
+        .put_revision(&RevisionRecord {
+            repo_digest: Some(format!("app@sha256:{}", "d".repeat(64))),
+            ..revision("web", 2, "app:v2", "4444cccc5555dddd6666")
+        })
         .unwrap();
     store
         .update_env_state("web", |s| {
@@ -149,6 +153,7 @@ fn state_dir() -> tempfile::TempDir {
             index: 0,
             output: StepOutput::Image {
                 id: "sha256:abc".into(),
+                repo_digest: Some(format!("app@sha256:{}", "d".repeat(64))),
             },
         },
         Entry::Started { phase: f, index: 1 },
@@ -302,7 +307,7 @@ web    1          Rolling back RestoreDatabase   3h        rolling back: restori
 }
 
 #[test]
-fn get_environments_as_json_round_trips_to_the_status_files() {
+fn get_environments_as_json_prints_steps_outputs_and_times_as_data() {
     let dir = state_dir();
     let out = ok(&berthctl(&[
         "get",
@@ -312,17 +317,102 @@ fn get_environments_as_json_round_trips_to_the_status_files() {
         "--state",
         &state_arg(dir.path()),
     ]));
-    let printed: Vec<EnvStatus> = serde_json::from_str(&out).expect("an array of EnvStatus");
-    let names: Vec<&str> = printed.iter().map(|s| s.name.as_str()).collect();
+    let printed: serde_json::Value = serde_json::from_str(&out).expect("a JSON array");
+    let names: Vec<&str> = printed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["api", "db", "web"]);
-    let files = status::read_all(dir.path()).unwrap();
-    assert_eq!(
-        serde_json::to_value(&printed).unwrap(),
-        serde_json::to_value(&files).unwrap()
-    );
     let web = &printed[2];
-    assert_eq!(web.operation.as_ref().unwrap().id, OP_WEB);
-    assert_eq!(web.backups[0].sha256, SHA);
+    assert_eq!(web["phase"], "Rolling back RestoreDatabase");
+    assert_eq!(web["state"]["current"], 1);
+    assert_eq!(web["state"]["activeOp"], OP_WEB);
+    let op = &web["operation"];
+    assert_eq!(op["id"], OP_WEB);
+    assert_eq!(
+        op["rollbackReason"],
+        "Migrate: migration 0003 failed: exit 1"
+    );
+    let step = |name: &str| {
+        op["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == name)
+            .unwrap_or_else(|| panic!("no step {name} in {op}"))
+            .clone()
+    };
+    // Outputs are fields, one key naming their kind; no Rust debug text anywhere.
+    assert_eq!(
+        step("PullImage"),
+        serde_json::json!({
+            "step": "PullImage",
+            "state": "Succeeded",
+            "at": "2023-11-14T22:13:21.000Z",
+            "output": {"image": {
+                "id": "sha256:abc",
+                "repoDigest": format!("app@sha256:{}", "d".repeat(64)),
+            }},
+        })
+    );
+    assert_eq!(
+        step("Backup")["output"],
+        serde_json::json!({"backup": {
+            "id": BACKUP, "path": "/backups/web/01.sql.gz", "size": 1536, "sha256": SHA,
+        }})
+    );
+    assert_eq!(
+        step("Migrate"),
+        serde_json::json!({
+            "step": "Migrate",
+            "state": "Failed",
+            "at": "2023-11-14T22:13:21.000Z",
+            "error": "migration 0003 failed: exit 1",
+        })
+    );
+    assert_eq!(step("RestoreDatabase")["attempts"], 1);
+    assert_eq!(
+        step("StartOld"),
+        serde_json::json!({"step": "StartOld", "state": "Pending"})
+    );
+    assert!(
+        !out.contains("Image {") && !out.contains("Backup {"),
+        "{out}"
+    );
+    // Times are RFC 3339.
+    assert_eq!(web["revisions"][0]["createdAt"], "2023-11-14T22:13:20.000Z");
+    assert_eq!(web["backups"][0]["createdAt"], "2023-11-14T22:13:22.000Z");
+    assert_eq!(web["backups"][0]["sha256"], SHA);
+    let started = web["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["reason"] == "RolloutStarted")
+        .unwrap();
+    assert_eq!(started["at"], "2023-11-14T22:13:20.000Z");
+    assert_eq!(started["type"], "Normal");
+    let db = &printed[1];
+    assert_eq!(db["operation"]["outcome"]["type"], "Failed");
+    assert_eq!(
+        db["operation"]["outcome"]["reason"],
+        "PullImage: no such image"
+    );
+    assert_eq!(db["state"]["failed"]["at"], "2023-11-14T22:13:21.000Z");
+
+    // describe -o json prints the same record for one environment.
+    let described = ok(&berthctl(&[
+        "describe",
+        "env",
+        "web",
+        "-o",
+        "json",
+        "--state",
+        &state_arg(dir.path()),
+    ]));
+    let described: serde_json::Value = serde_json::from_str(&described).unwrap();
+    assert_eq!(&described, web);
 }
 
 #[test]
@@ -341,6 +431,12 @@ fn get_environments_as_yaml_lists_the_same_records() {
     assert!(out.contains(&format!("id: {OP_WEB}")), "{out}");
     assert!(out.contains("phase: Rollback"), "{out}");
     assert!(out.contains("step: RestoreDatabase"), "{out}");
+    assert!(out.contains("repoDigest: app@sha256:"), "{out}");
+    assert!(
+        out.contains("createdAt: \"2023-11-14T22:13:20.000Z\""),
+        "{out}"
+    );
+    assert!(!out.contains("Image {"), "{out}");
 }
 
 #[test]
@@ -394,6 +490,10 @@ fn describe_environment_shows_its_state_the_operation_step_by_step_and_why_it_fa
     assert_eq!(row(&out, &["StartOld"]), ["StartOld", "Pending"]);
     assert_eq!(row(&out, &["Backup"])[1], "Succeeded");
     assert_eq!(
+        row(&out, &["PullImage"]).join(" "),
+        format!("PullImage Succeeded pulled app@sha256:{}", "d".repeat(64))
+    );
+    assert_eq!(
         row(&out, &["Migrate"]).join(" "),
         "Migrate Failed migration 0003 failed: exit 1"
     );
@@ -407,6 +507,7 @@ fn describe_environment_shows_its_state_the_operation_step_by_step_and_why_it_fa
             "1",
             "(current)",
             "app:v1",
+            "<none>",
             "1111aaaa2222",
             "3f2a9c1",
             "2023-11-14T22:13:20Z"
@@ -417,6 +518,7 @@ fn describe_environment_shows_its_state_the_operation_step_by_step_and_why_it_fa
         [
             "2",
             "app:v2",
+            &format!("sha256:{}", "d".repeat(64)),
             "4444cccc5555",
             "3f2a9c1",
             "2023-11-14T22:13:20Z"
@@ -551,9 +653,11 @@ fn get_backups_lists_every_environments_catalogued_backups() {
         "--state",
         &state_arg(dir.path()),
     ]));
-    let backups: Vec<BackupRecord> = serde_json::from_str(&json).unwrap();
-    assert_eq!(backups.len(), 1);
-    assert_eq!(backups[0].size, 1536);
+    let backups: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(backups.as_array().map(Vec::len), Some(1));
+    assert_eq!(backups[0]["size"], 1536);
+    assert_eq!(backups[0]["environment"], "web");
+    assert_eq!(backups[0]["createdAt"], "2023-11-14T22:13:22.000Z");
 }
 
 #[test]

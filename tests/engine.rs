@@ -1146,3 +1146,209 @@ fn an_unreachable_host_does_not_delay_the_rollout_on_another() {
     drop(w);
     drop(dead);
 }
+
+/// The image id `reference` names on this Docker engine.
+fn image_id(reference: &str) -> String {
+    must(&format!(
+        "docker image inspect -f '{{{{.Id}}}}' {reference}"
+    ))
+    .trim()
+    .to_owned()
+}
+
+/// Points `REGISTRY:tag` at the content of `REGISTRY:from`, on the registry too.
+fn push_as(from: &str, tag: &str) {
+    must(&format!(
+        "docker pull -q {REGISTRY}:{from} >/dev/null && docker tag {REGISTRY}:{from} {REGISTRY}:{tag} && docker push -q {REGISTRY}:{tag} >/dev/null"
+    ));
+}
+
+#[test]
+#[ignore = "needs the lab: hack/lab up"]
+fn a_replica_repaired_after_its_tag_moved_runs_the_digest_its_revision_pulled() {
+    let _g = serial();
+    let mut w = World::new("pin", 31700);
+    let tag = format!("pin-{}", support::names::stamp("-"));
+    // Removes our local tag whatever happens (the registry keeps the tag: it deletes nothing).
+    struct Untag(String);
+    impl Drop for Untag {
+        fn drop(&mut self) {
+            let _ = sh(&format!("docker rmi {REGISTRY}:{}", self.0));
+        }
+    }
+    let _untag = Untag(tag.clone());
+    push_as("v1", &tag);
+    w.write_manifest(&EnvOpts {
+        image: Box::leak(tag.clone().into_boxed_str()),
+        ..EnvOpts::default()
+    });
+    w.start();
+    let s = w.wait_serving(1);
+    let digest = s["revisions"][0]["repo_digest"]
+        .as_str()
+        .unwrap_or_else(|| panic!("revision 1 records its digest: {s}"))
+        .to_owned();
+    assert!(
+        digest.starts_with(&format!("{REGISTRY}@sha256:")),
+        "{digest}"
+    );
+    let v1 = image_id(&format!("{REGISTRY}:v1"));
+    let victim = format!("{}-r1-0", w.env);
+    let running = |name: &str| {
+        must(&format!(
+            "docker inspect -f '{{{{.Config.Image}}}} {{{{.Image}}}}' {name}"
+        ))
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(running(&victim), format!("{digest} {v1}"));
+
+    // The tag moves to v2's content; a replica lost now comes back as revision 1 was.
+    push_as("v2", &tag);
+    assert_ne!(image_id(&format!("{REGISTRY}:{tag}")), v1);
+    must(&format!("docker rm -f {victim}"));
+    let t0 = Instant::now();
+    while !w
+        .containers()
+        .iter()
+        .any(|(n, s)| *n == victim && s == "running")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "replica not repaired: {:?}",
+            w.containers()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(running(&victim), format!("{digest} {v1}"));
+    // A moved tag is not a new desired state: no rollout, still one revision.
+    std::thread::sleep(Duration::from_secs(3));
+    let s = w.status();
+    assert_eq!(s["revisions"].as_array().map(Vec::len), Some(1), "{s}");
+    assert!(s["state"]["active_op"].is_null(), "{s}");
+    assert_eq!(
+        running(&format!("{}-r1-1", w.env)),
+        format!("{digest} {v1}")
+    );
+    // describe shows what the revision runs.
+    let out = must(&format!(
+        "{} describe environment {} --state {}",
+        env!("CARGO_BIN_EXE_berthctl"),
+        w.env,
+        w.path("state").display()
+    ));
+    let sha = digest.split_once('@').unwrap().1;
+    assert!(out.contains(sha), "{out}");
+}
+
+#[test]
+#[ignore = "needs the lab: hack/lab up"]
+fn a_secret_the_migration_and_a_failing_probe_print_is_stored_and_logged_nowhere() {
+    let _g = serial();
+    let mut w = World::new("sec", 32400);
+    let secret = format!("S3cr3t-{}", support::names::stamp("-"));
+    std::fs::write(
+        w.path("secret.env"),
+        format!(
+            "DATABASE_URL=postgres://demo:{secret}@berth-lab-db:5432/app\nSECRET_TOKEN=tok-{secret}\n"
+        ),
+    )
+    .unwrap();
+    let dir = w.dir.path().display().to_string();
+    let manifest = format!(
+        "\
+apiVersion: berth.dev/v1
+kind: Host
+metadata: {{name: local}}
+spec: {{address: local, portRange: 31800-31899}}
+---
+apiVersion: berth.dev/v1
+kind: Environment
+metadata: {{name: {env}}}
+spec:
+  host: local
+  image: 127.0.0.1:5000/berth/postgres:15
+  command: [sleep, infinity]
+  replicas: 1
+  envFiles: [{dir}/secret.env]
+  health:
+    readiness: {{exec: {{command: [sh, -c, 'echo \"cannot reach $DATABASE_URL\"; exit 1']}}, interval: 500ms, failureThreshold: 1}}
+  strategy: {{type: BlueGreen, progressDeadline: 5s, verifyFor: 1s}}
+  migration:
+    policy: BackwardCompatible
+    command: [sh, -c, 'echo \"connecting to $DATABASE_URL\"; echo token=$SECRET_TOKEN; echo plain $SECRET_TOKEN']
+",
+        env = w.env
+    );
+    std::fs::write(w.path("manifests/env.yaml"), manifest).unwrap();
+    w.start();
+    let s = w.wait(
+        "the rollout to fail at WaitReady",
+        Duration::from_secs(90),
+        |s| !s["operation"]["outcome"].is_null(),
+    );
+    assert_eq!(w.term().code(), Some(0));
+
+    // The outputs were recorded, redacted.
+    let status = serde_json::to_string(&s).unwrap();
+    assert!(
+        status.contains("connecting to postgres://demo:***@berth-lab-db:5432/app")
+            || status.contains("connecting to ***"),
+        "the migration output is recorded: {status}"
+    );
+    assert!(
+        status.contains("cannot reach ***"),
+        "the probe output is recorded: {status}"
+    );
+
+    let berthctl = |args: &str| {
+        must(&format!(
+            "{} {args} --state {}",
+            env!("CARGO_BIN_EXE_berthctl"),
+            w.path("state").display()
+        ))
+    };
+    let mut seen = vec![
+        ("berthd's log".to_owned(), w.log().into_bytes()),
+        ("get".to_owned(), berthctl("get environments").into_bytes()),
+        (
+            "get -o json".to_owned(),
+            berthctl("get environments -o json").into_bytes(),
+        ),
+        (
+            "get -o yaml".to_owned(),
+            berthctl("get environments -o yaml").into_bytes(),
+        ),
+        (
+            "describe".to_owned(),
+            berthctl(&format!("describe environment {}", w.env)).into_bytes(),
+        ),
+    ];
+    // Every file of the state directory, as bytes: status files and sled's own.
+    let mut dirs = vec![w.path("state")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                seen.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    assert!(
+        seen.len() > 6,
+        "{:?}",
+        seen.iter().map(|s| &s.0).collect::<Vec<_>>()
+    );
+    for (what, bytes) in &seen {
+        let leaked = bytes
+            .windows(secret.len())
+            .any(|win| win == secret.as_bytes());
+        assert!(
+            !leaked,
+            "{what} holds the secret:\n{}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}

@@ -132,16 +132,18 @@ async fn pulling_by_tag_and_by_digest_with_registry_credentials_gives_the_engine
         .await
         .unwrap_or_else(|e| panic!("{e} ({NEEDS_LAB})"));
 
-    let id = host.pull(IMAGE).await.expect("pull by tag");
+    let pulled = host.pull(IMAGE).await.expect("pull by tag");
     let engine_id = run_ok(docker().args(["image", "inspect", "-f", "{{.Id}}", IMAGE]));
-    assert_eq!(id, engine_id.trim());
+    assert_eq!(pulled.id, engine_id.trim());
 
     let digest_ref =
         run_ok(docker().args(["image", "inspect", "-f", "{{index .RepoDigests 0}}", IMAGE]));
     assert!(digest_ref.contains("@sha256:"), "{digest_ref}");
+    // The pull says which digest it brought: the registry's, under the pulled repository.
+    assert_eq!(pulled.repo_digest.as_deref(), Some(digest_ref.trim()));
     assert_eq!(
         host.pull(digest_ref.trim()).await.expect("pull by digest"),
-        id
+        pulled
     );
 }
 

@@ -17,6 +17,7 @@ use berth_api::values::Duration as D;
 use berth_controller::exec::monitor::{Monitor, ProbeKind, Watch};
 use berth_controller::exec::probe::{probe_once, Target};
 use berth_controller::exec::smoke::run_smoke;
+use berth_controller::redact::Redactor;
 
 #[path = "support/mod.rs"]
 mod support;
@@ -128,7 +129,7 @@ async fn probes_and_smoke_checks_against_the_demo_app() {
     // Liveness: /health answers as soon as the process serves.
     let deadline = Instant::now() + Duration::from_secs(15);
     let live = loop {
-        let a = probe_once(host.as_ref(), &http("/health"), &target).await;
+        let a = probe_once(host.as_ref(), &http("/health"), &target, &Redactor::none()).await;
         if a.ok || Instant::now() > deadline {
             break a;
         }
@@ -146,9 +147,10 @@ async fn probes_and_smoke_checks_against_the_demo_app() {
             kind: ProbeKind::Readiness,
             probe: http("/ready"),
             target: target.clone(),
+            redactor: Arc::new(Redactor::none()),
         }],
     );
-    let not_ready = probe_once(host.as_ref(), &http("/ready"), &target).await;
+    let not_ready = probe_once(host.as_ref(), &http("/ready"), &target, &Redactor::none()).await;
     assert!(!not_ready.ok);
     assert_eq!(
         not_ready.output,
@@ -174,7 +176,7 @@ async fn probes_and_smoke_checks_against_the_demo_app() {
         IMAGE,
         "migrate",
     ]));
-    let ready = probe_once(host.as_ref(), &http("/ready"), &target).await;
+    let ready = probe_once(host.as_ref(), &http("/ready"), &target, &Redactor::none()).await;
     assert_eq!((ready.ok, ready.output.as_str()), (true, "HTTP 200: ready"));
     let flip = tokio::time::timeout(Duration::from_secs(10), flips.recv())
         .await
@@ -192,7 +194,7 @@ async fn probes_and_smoke_checks_against_the_demo_app() {
     let tcp = probe(ProbeAction::Tcp {
         port: PortRef::Number(8080),
     });
-    let a = probe_once(host.as_ref(), &tcp, &target).await;
+    let a = probe_once(host.as_ref(), &tcp, &target, &Redactor::none()).await;
     assert_eq!(
         (a.ok, a.output.clone()),
         (true, format!("connected to 127.0.0.1:{port}"))
@@ -202,7 +204,7 @@ async fn probes_and_smoke_checks_against_the_demo_app() {
     let exec = probe(ProbeAction::Exec {
         command: vec!["sh".into(), "-c".into(), "exit 0".into()],
     });
-    let a = probe_once(host.as_ref(), &exec, &target).await;
+    let a = probe_once(host.as_ref(), &exec, &target, &Redactor::none()).await;
     assert!(!a.ok, "{}", a.output);
     assert!(
         a.output.contains("sh") && a.output.contains("not found"),
@@ -217,6 +219,7 @@ async fn probes_and_smoke_checks_against_the_demo_app() {
         "127.0.0.1",
         port,
         Duration::from_secs(5),
+        &Redactor::none(),
     )
     .await
     .expect("POST /rows answers 201");
@@ -226,6 +229,7 @@ async fn probes_and_smoke_checks_against_the_demo_app() {
         "127.0.0.1",
         port,
         Duration::from_secs(5),
+        &Redactor::none(),
     )
     .await
     .expect_err("201 is not 200");
@@ -243,6 +247,7 @@ async fn probes_and_smoke_checks_against_the_demo_app() {
         "127.0.0.1",
         port,
         Duration::from_secs(5),
+        &Redactor::none(),
     )
     .await
     .expect_err("201 is not 200");

@@ -9,6 +9,7 @@
 //! - [`exec`]: performs one step against a host: observe, act only if missing, verify.
 //! - [`store`]: the sled journal — operations, environment state, revisions, backups, events.
 //! - [`reconcile`]: the loop — work queue, triggers, observe/plan/act, backoff, status files.
+//! - [`redact`]: secrets out of every output before Berth stores or logs it.
 //! - [`source`]: where desired state comes from (a watched directory).
 //! - [`ctl`]: berthctl's commands (the binary only dispatches to them).
 
@@ -19,5 +20,6 @@ pub mod model;
 pub mod op;
 pub mod plan;
 pub mod reconcile;
+pub mod redact;
 pub mod source;
 pub mod store;

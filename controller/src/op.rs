@@ -88,6 +88,11 @@ pub enum StepOutput {
     None,
     Image {
         id: String,
+        /// `repo@sha256:…`: what every container of the revision is created from, so a
+        /// tag moved on the registry later changes nothing that runs. Absent from
+        /// journals written before it was recorded.
+        #[serde(default)]
+        repo_digest: Option<String>,
     },
     Backup {
         id: String,

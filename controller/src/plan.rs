@@ -421,16 +421,21 @@ pub fn serving_ports(spec: &EnvironmentSpec, observed: &Observed, rev: Revision)
 }
 
 /// Drift of the current revision, when there is one: for an environment whose next
-/// operation cannot begin yet (its preflight waits or refuses), which still keeps what
-/// serves healthy.
+/// operation cannot begin yet, which still keeps what serves healthy. While its
+/// preflight waits (for a dependency) everything is repaired; while it refuses, only the
+/// replicas: the refused spec's traffic switch may be the very thing that cannot work.
 pub fn repair_current(
     name: &str,
     spec: &EnvironmentSpec,
     observed: &Observed,
     journal: &Journal,
+    gate: &Gate,
 ) -> Option<Action> {
     let (rev, _) = journal.current.as_ref()?;
-    repair(name, spec, *rev, observed)
+    match gate {
+        Gate::Refuse { .. } => repair_replicas(name, spec, *rev, observed),
+        Gate::Go | Gate::Wait { .. } => repair(name, spec, *rev, observed),
+    }
 }
 
 /// Drift of the current revision: missing, dead or unhealthy replicas, extra replicas,

@@ -6,8 +6,9 @@ use std::fmt::Write as _;
 
 use clap::Subcommand;
 
-use super::output::{self, or_none, short, utc, when, Table, NONE};
+use super::output::{self, or_none, render, short, utc, when, Output, Table, NONE};
 use super::state::{phase, split_steps, StateArgs};
+use super::view;
 use super::CtlError;
 use crate::op::{Millis, Outcome};
 use crate::reconcile::status::{EnvStatus, OpStatus, StepLine};
@@ -22,6 +23,9 @@ pub enum Describe {
         name: String,
         #[command(flatten)]
         state: StateArgs,
+        /// How to print it: sections for humans, or the record as JSON or YAML.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Output,
     },
 }
 
@@ -30,9 +34,17 @@ impl Describe {
     /// See [`StateArgs::select`] (an unknown name lists the known ones).
     pub fn run(self, now: Millis) -> Result<String, CtlError> {
         match self {
-            Describe::Environment { name, state } => {
+            Describe::Environment {
+                name,
+                state,
+                output,
+            } => {
                 let found = state.select(std::slice::from_ref(&name))?;
-                Ok(found.iter().map(|s| environment(s, now)).collect())
+                // `select` answers one status per name, or an error.
+                let Some(s) = found.first() else {
+                    return Ok(String::new());
+                };
+                render(output, &view::environment(s), || environment(s, now))
             }
         }
     }
@@ -111,7 +123,7 @@ pub fn environment(s: &EnvStatus, now: Millis) -> String {
 
     out.push('\n');
     section(&mut out, "Revisions", {
-        let mut t = Table::new(["REVISION", "IMAGE", "HASH", "COMMIT", "CREATED"]);
+        let mut t = Table::new(["REVISION", "IMAGE", "DIGEST", "HASH", "COMMIT", "CREATED"]);
         for r in &s.revisions {
             let mark = if st.current == Some(r.revision) {
                 " (current)"
@@ -121,6 +133,13 @@ pub fn environment(s: &EnvStatus, now: Millis) -> String {
             t.row([
                 format!("{}{mark}", r.revision),
                 r.image.clone(),
+                // What the containers run: the digest pulled (the tag may have moved).
+                or_none(
+                    r.repo_digest
+                        .as_deref()
+                        .and_then(|d| d.split_once('@'))
+                        .map(|(_, d)| d),
+                ),
                 short(&r.template_hash, 12).to_owned(),
                 or_none(r.commit.as_deref()),
                 utc(r.created_at),
@@ -201,9 +220,7 @@ fn operation(op: &OpStatus, out: &mut String) {
 fn steps(out: &mut String, title: &str, lines: &[StepLine]) {
     let mut t = Table::new(["STEP", "STATE", "DETAIL"]);
     for l in lines {
-        // The status file writes a step's output with `{:?}`: `None` says nothing here.
-        let detail = if l.detail == "None" { "" } else { &l.detail };
-        t.row([l.step.as_str(), l.state.as_str(), detail]);
+        t.row([l.step.clone(), l.state.clone(), l.detail()]);
     }
     if t.is_empty() {
         let _ = writeln!(out, "  {title}:  {NONE}");

@@ -6,6 +6,7 @@ use clap::Subcommand;
 
 use super::output::{self, age, or_none, parse_utc, render, short, truncate, Output, Table, NONE};
 use super::state::{phase, StateArgs};
+use super::view;
 use super::CtlError;
 use crate::op::Millis;
 use crate::reconcile::host_status::{self, HostPhase, HostStatus};
@@ -78,7 +79,8 @@ impl Get {
                     ));
                     return Ok(String::new());
                 }
-                render(output, &envs, || environments_table(&envs, now))
+                let views: Vec<_> = envs.iter().map(view::environment).collect();
+                render(output, &views, || environments_table(&envs, now))
             }
             Get::Backups {
                 names,
@@ -94,7 +96,8 @@ impl Get {
                     no_rows(&format!("No backups found in {}.", state.state.display()));
                     return Ok(String::new());
                 }
-                render(output, &backups, || backups_table(&backups, now))
+                let views: Vec<_> = backups.iter().map(view::backup).collect();
+                render(output, &views, || backups_table(&backups, now))
             }
             Get::Hosts {
                 file,

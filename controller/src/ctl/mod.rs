@@ -8,6 +8,7 @@
 //! - [`state`]: reading the status files berthd writes (`<state>/status/<env>.json`,
 //!   see [`crate::reconcile::status`]) and what they mean for humans (the phase).
 //! - [`output`]: `-o table|json|yaml`, aligned tables, times and sizes for humans.
+//! - [`view`]: what `-o json|yaml` prints (camelCase, RFC 3339 times, outputs as fields).
 //!
 //! Every `run` returns text for stdout (printed by the binary) or a [`CtlError`], whose
 //! [`CtlError::exit_code`] is what berthctl exits with: 1 for errors, 2 for usage.
@@ -20,6 +21,7 @@ pub mod get;
 pub mod output;
 pub mod state;
 pub mod validate;
+pub mod view;
 
 use std::path::PathBuf;
 

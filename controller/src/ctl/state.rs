@@ -144,7 +144,7 @@ mod tests {
         StepLine {
             step: step.into(),
             state: state.into(),
-            detail: String::new(),
+            ..StepLine::default()
         }
     }
 

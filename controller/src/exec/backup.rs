@@ -932,7 +932,7 @@ pub(crate) mod shell_fake {
         async fn logs(&self, name: &str, tail: usize) -> Result<String> {
             self.0.logs(name, tail).await
         }
-        async fn pull(&self, image: &str) -> Result<String> {
+        async fn pull(&self, image: &str) -> Result<crate::host::Pulled> {
             self.0.pull(image).await
         }
         async fn remove_image(&self, image: &str) -> Result<()> {

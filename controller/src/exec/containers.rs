@@ -9,11 +9,14 @@ use crate::model::{migrate_name, replica_name, ContainerSpec, Revision, Role, Te
 
 /// A replica of `revision`: named `<env>-r<rev>-<replica>`, reachable on its networks
 /// under the environment's name (so a database environment is `demo-db` to its apps).
+/// It runs `image` (the revision's repo digest, see [`pinned`]) and is labelled with the
+/// template's hash.
 pub fn replica_spec(
     env: &str,
     revision: Revision,
     replica: u32,
     template: &Template,
+    image: &str,
     host_ports: Vec<u16>,
     op: Option<&str>,
 ) -> ContainerSpec {
@@ -25,7 +28,7 @@ pub fn replica_spec(
         replica: Some(replica),
         op: op.map(str::to_owned),
         template_hash: template.hash(),
-        template: template.clone(),
+        template: pinned(template, image),
         host_ports,
         override_args: None,
         aliases: vec![env.to_owned()],
@@ -39,9 +42,10 @@ pub fn migrate_spec(
     revision: Revision,
     op: &str,
     template: &Template,
+    image: &str,
     command: &[String],
 ) -> ContainerSpec {
-    let mut t = template.clone();
+    let mut t = pinned(template, image);
     t.ports.clear();
     // The command replaces the entrypoint too: `[/demo-app, migrate]` must run as written.
     t.command = command.first().map(|c| vec![c.clone()]);
@@ -57,6 +61,15 @@ pub fn migrate_spec(
         host_ports: Vec::new(),
         override_args: Some(command.iter().skip(1).cloned().collect()),
         aliases: Vec::new(),
+    }
+}
+
+/// `template` running `image`: the revision's repo digest in place of its tag. The hash
+/// stays the template's (labels name the revision's template, not the reference).
+fn pinned(template: &Template, image: &str) -> Template {
+    Template {
+        image: image.to_owned(),
+        ..template.clone()
     }
 }
 
@@ -130,6 +143,7 @@ mod tests {
             2,
             "01ABC",
             &t,
+            "app@sha256:0a",
             &["/demo-app".into(), "migrate".into()],
         );
         assert_eq!(m.name, "web-migrate-01abc");
@@ -137,7 +151,13 @@ mod tests {
         assert_eq!(m.override_args, Some(vec!["migrate".to_owned()]));
         assert!(m.template.ports.is_empty());
         assert_eq!(m.template.env_files, vec!["/e".to_owned()]);
-        let r = replica_spec("web", 2, 1, &t, vec![20001], None);
+        assert_eq!(m.template.image, "app@sha256:0a");
+        assert_eq!(m.template_hash, t.hash());
+        let r = replica_spec("web", 2, 1, &t, "app@sha256:0a", vec![20001], None);
+        assert_eq!(
+            (r.template.image.as_str(), r.template_hash.clone()),
+            ("app@sha256:0a", t.hash())
+        );
         assert_eq!(
             (r.name.as_str(), r.aliases.clone()),
             ("web-r2-1", vec!["web".to_owned()])

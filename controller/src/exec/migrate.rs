@@ -23,6 +23,7 @@ use crate::exec::ExecError;
 use crate::host::{Created, Host};
 use crate::model::{ContainerSpec, ContainerState, Role};
 use crate::op::Millis;
+use crate::redact::Redactor;
 
 /// How many lines of the container's output an outcome carries.
 pub const LOG_TAIL_LINES: usize = 40;
@@ -51,7 +52,8 @@ pub enum Progress {
 /// [`crate::model::migrate_name`]`(env, op)`) by one observation.
 ///
 /// `started_at` is when the `Migrate` step first started (from the journal); the
-/// migration times out `timeout` after it. `now` is the current time.
+/// migration times out `timeout` after it. `now` is the current time. Log tails are
+/// redacted by `redactor`.
 ///
 /// # Guarantees
 /// Creates at most one container (the name is the operation's), never starts a
@@ -66,6 +68,7 @@ pub async fn migrate<H: Host + ?Sized>(
     started_at: Millis,
     now: Millis,
     timeout: Duration,
+    redactor: &Redactor,
 ) -> Result<Progress, ExecError> {
     let name = &spec.name;
     if spec.role != Role::Migrate {
@@ -92,11 +95,11 @@ pub async fn migrate<H: Host + ?Sized>(
             Ok(Progress::Running { since: started_at })
         }
         ContainerState::Exited(0) => Ok(Progress::Done {
-            log_tail: log_tail(host, name).await?,
+            log_tail: log_tail(host, name, redactor).await?,
         }),
         ContainerState::Exited(exit_code) => Ok(Progress::Failed {
             exit_code,
-            log_tail: log_tail(host, name).await?,
+            log_tail: log_tail(host, name, redactor).await?,
         }),
         // Running, or paused/restarting: not finished, so it is waited for, within the timeout.
         ContainerState::Running | ContainerState::Other => {
@@ -110,10 +113,10 @@ pub async fn migrate<H: Host + ?Sized>(
             let stopped = host.inspect(name).await?.map(|c| c.state);
             if stopped == Some(ContainerState::Exited(0)) {
                 return Ok(Progress::Done {
-                    log_tail: log_tail(host, name).await?,
+                    log_tail: log_tail(host, name, redactor).await?,
                 });
             }
-            let mut log_tail = log_tail(host, name).await?;
+            let mut log_tail = log_tail(host, name, redactor).await?;
             if !log_tail.is_empty() && !log_tail.ends_with('\n') {
                 log_tail.push('\n');
             }
@@ -144,8 +147,14 @@ pub async fn cleanup<H: Host + ?Sized>(host: &H, name: &str) -> Result<(), ExecE
     }
 }
 
-async fn log_tail<H: Host + ?Sized>(host: &H, name: &str) -> Result<String, ExecError> {
-    let logs = host.logs(name, LOG_TAIL_LINES).await?;
+/// The end of the container's log, redacted before it is cut (a cut through a secret
+/// would leave a part of it that no longer matches).
+async fn log_tail<H: Host + ?Sized>(
+    host: &H,
+    name: &str,
+    redactor: &Redactor,
+) -> Result<String, ExecError> {
+    let logs = redactor.redact(&host.logs(name, LOG_TAIL_LINES).await?);
     Ok(tail_lines(&logs, LOG_TAIL_LINES, LOG_TAIL_BYTES).to_owned())
 }
 
@@ -267,7 +276,9 @@ mod fake_tests {
                 host.0.add_container(&spec(), state);
             }
             host.0.set_logs(NAME, "applying migration 2\n");
-            let got = migrate(&host, &spec(), T0, now, TIMEOUT).await.unwrap();
+            let got = migrate(&host, &spec(), T0, now, TIMEOUT, &Redactor::none())
+                .await
+                .unwrap();
             assert_eq!(got, expected, "{observed:?} at {now}");
             assert_eq!(host.0.mutations(), mutations, "{observed:?} at {now}");
             assert_eq!(
@@ -287,7 +298,11 @@ mod fake_tests {
             if i == 3 {
                 host.0.set_state(NAME, ContainerState::Exited(0));
             }
-            seen.push(migrate(&host, &spec(), T0, T0 + i, TIMEOUT).await.unwrap());
+            seen.push(
+                migrate(&host, &spec(), T0, T0 + i, TIMEOUT, &Redactor::none())
+                    .await
+                    .unwrap(),
+            );
         }
         assert!(matches!(seen[2], Progress::Running { since: T0 }));
         assert!(matches!(seen[3], Progress::Done { .. }));
@@ -301,16 +316,43 @@ mod fake_tests {
     }
 
     #[tokio::test]
+    async fn the_log_tail_keeps_no_secret_the_migration_printed() {
+        let host = host();
+        host.0.on_start(NAME, ContainerState::Exited(0));
+        host.0.set_logs(
+            NAME,
+            "connecting to postgres://demo:S3cr3t-db@db/app\ntoken=t0k3n-v4lue\napplied\n",
+        );
+        let redactor = Redactor::new(["S3cr3t-db"]);
+        migrate(&host, &spec(), T0, T0, TIMEOUT, &redactor)
+            .await
+            .unwrap();
+        let p = migrate(&host, &spec(), T0, T0 + 1, TIMEOUT, &redactor)
+            .await
+            .unwrap();
+        assert_eq!(
+            p,
+            Progress::Done {
+                log_tail: "connecting to postgres://demo:***@db/app\ntoken=***\napplied".into()
+            }
+        );
+    }
+
+    #[tokio::test]
     async fn a_migration_that_failed_is_never_run_again() {
         let host = host();
         host.0.on_start(NAME, ContainerState::Exited(3));
         host.0.set_logs(NAME, "relation already exists\n");
         assert!(matches!(
-            migrate(&host, &spec(), T0, T0, TIMEOUT).await.unwrap(),
+            migrate(&host, &spec(), T0, T0, TIMEOUT, &Redactor::none())
+                .await
+                .unwrap(),
             Progress::Running { .. }
         ));
         for _ in 0..3 {
-            let p = migrate(&host, &spec(), T0, T0 + 1, TIMEOUT).await.unwrap();
+            let p = migrate(&host, &spec(), T0, T0 + 1, TIMEOUT, &Redactor::none())
+                .await
+                .unwrap();
             assert_eq!(
                 p,
                 Progress::Failed {
@@ -336,7 +378,8 @@ mod fake_tests {
                 }
                 let mut last = None;
                 for _ in 0..3 {
-                    if let Ok(p) = migrate(&host, &spec(), T0, T0, TIMEOUT).await {
+                    if let Ok(p) = migrate(&host, &spec(), T0, T0, TIMEOUT, &Redactor::none()).await
+                    {
                         last = Some(p);
                     }
                 }
@@ -362,10 +405,12 @@ mod fake_tests {
         // The plain fake's stop ends a container with exit 0, like a graceful SIGTERM.
         let fake = FakeHost::new("vm-a");
         fake.add_container(&spec(), ContainerState::Running);
-        let p = migrate(&fake, &spec(), T0, PAST, TIMEOUT).await.unwrap();
+        let p = migrate(&fake, &spec(), T0, PAST, TIMEOUT, &Redactor::none())
+            .await
+            .unwrap();
         assert!(matches!(p, Progress::Done { .. }), "{p:?}");
         // And observed again after a crash, the same answer.
-        let again = migrate(&fake, &spec(), T0, PAST + 1, TIMEOUT)
+        let again = migrate(&fake, &spec(), T0, PAST + 1, TIMEOUT, &Redactor::none())
             .await
             .unwrap();
         assert_eq!(p, again);
@@ -378,7 +423,9 @@ mod fake_tests {
         let logs: String = (1..=100).map(|i| format!("line {i}\n")).collect();
         host.0.set_logs(NAME, &logs);
         let Progress::Failed { log_tail, .. } =
-            migrate(&host, &spec(), T0, T0, TIMEOUT).await.unwrap()
+            migrate(&host, &spec(), T0, T0, TIMEOUT, &Redactor::none())
+                .await
+                .unwrap()
         else {
             panic!("not failed")
         };
@@ -393,7 +440,9 @@ mod fake_tests {
             role: Role::App,
             ..spec()
         };
-        let err = migrate(&host, &app, T0, T0, TIMEOUT).await.unwrap_err();
+        let err = migrate(&host, &app, T0, T0, TIMEOUT, &Redactor::none())
+            .await
+            .unwrap_err();
         assert!(!err.is_retryable());
         assert!(host.0.calls().is_empty());
     }

@@ -12,6 +12,7 @@ use tokio::task::AbortHandle;
 use crate::exec::probe::{probe_once, Target, Tracker, Verdict};
 use crate::host::Host;
 use crate::op::Millis;
+use crate::redact::Redactor;
 
 /// The shortest interval a probe runs at, whatever the manifest says (`0s` included).
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -28,6 +29,8 @@ pub struct Watch {
     pub kind: ProbeKind,
     pub probe: Probe,
     pub target: Target,
+    /// Applied to every output before the monitor keeps it.
+    pub redactor: Arc<Redactor>,
 }
 
 /// What the monitor knows of one container.
@@ -260,7 +263,13 @@ async fn run(shared: Arc<Shared>, key: Key, generation: u64, watch: Watch) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let attempt = probe_once(shared.host.as_ref(), &watch.probe, &watch.target).await;
+        let attempt = probe_once(
+            shared.host.as_ref(),
+            &watch.probe,
+            &watch.target,
+            &watch.redactor,
+        )
+        .await;
         let now = shared.clock.now();
         let verdict = tracker.observe(attempt.ok, &attempt.output, now);
         let flip = shared.record(&key, generation, verdict, now);
@@ -332,6 +341,7 @@ mod tests {
             kind,
             probe: p,
             target: target(container, port),
+            redactor: Arc::new(Redactor::none()),
         }
     }
 

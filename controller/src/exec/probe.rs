@@ -7,6 +7,7 @@ use berth_api::environment::{PortRef, PortSpec, Probe, ProbeAction};
 use crate::exec::http::{self, human};
 use crate::host::Host;
 use crate::op::Millis;
+use crate::redact::Redactor;
 
 // The monitor that runs probes lives in its own file; the reconciler names it from here.
 pub use crate::exec::monitor::{Flip, Health, Monitor, ProbeKind, Watch};
@@ -97,7 +98,14 @@ impl Attempt {
 /// attempt whose output says what happened. An `exec` probe that times out is abandoned,
 /// not killed (Docker has no way to kill an exec); a command that hangs keeps running in
 /// the container.
-pub async fn probe_once(host: &dyn Host, probe: &Probe, target: &Target) -> Attempt {
+/// The output is redacted by `redactor` before it is cut to one line, so that no part of
+/// a secret survives the cut.
+pub async fn probe_once(
+    host: &dyn Host,
+    probe: &Probe,
+    target: &Target,
+    redactor: &Redactor,
+) -> Attempt {
     let timeout = probe.timeout.0;
     match &probe.action {
         ProbeAction::Http { path, port } => {
@@ -106,7 +114,7 @@ pub async fn probe_once(host: &dyn Host, probe: &Probe, target: &Target) -> Atte
             };
             match http::request(host, addr, port, &http::Request::get(path), timeout).await {
                 Ok(resp) => {
-                    let line = one_line(&resp.text());
+                    let line = one_line(&redactor.redact(&resp.text()));
                     Attempt {
                         ok: (200..400).contains(&resp.status),
                         output: if line.is_empty() {
@@ -137,11 +145,13 @@ pub async fn probe_once(host: &dyn Host, probe: &Probe, target: &Target) -> Atte
             let c = &target.container;
             match tokio::time::timeout(timeout, host.exec(c, command)).await {
                 Ok(Ok(out)) => {
+                    let (stdout, stderr) =
+                        (redactor.redact(&out.stdout), redactor.redact(&out.stderr));
                     // The line that explains: stderr first when it failed, stdout first when not.
                     let (first, second) = if out.success() {
-                        (&out.stdout, &out.stderr)
+                        (&stdout, &stderr)
                     } else {
-                        (&out.stderr, &out.stdout)
+                        (&stderr, &stdout)
                     };
                     let line = last_line(first).or_else(|| last_line(second)).unwrap_or("");
                     let output = match (out.success(), line.is_empty()) {
@@ -287,7 +297,7 @@ mod tests {
             }
         });
         let t = target("web-r1-0", 20001);
-        let a = probe_once(&fake, &ready(), &t).await;
+        let a = probe_once(&fake, &ready(), &t, &Redactor::none()).await;
         assert_eq!(
             a,
             Attempt {
@@ -295,9 +305,21 @@ mod tests {
                 output: "HTTP 503: schema version 1, this build needs 2..=2".into()
             }
         );
-        let a = probe_once(&fake, &http("/health", PortRef::Number(8080)), &t).await;
+        let a = probe_once(
+            &fake,
+            &http("/health", PortRef::Number(8080)),
+            &t,
+            &Redactor::none(),
+        )
+        .await;
         assert_eq!((a.ok, a.output.as_str()), (true, "HTTP 200: ok"));
-        let a = probe_once(&fake, &http("/moved", PortRef::Number(8080)), &t).await;
+        let a = probe_once(
+            &fake,
+            &http("/moved", PortRef::Number(8080)),
+            &t,
+            &Redactor::none(),
+        )
+        .await;
         assert_eq!((a.ok, a.output.as_str()), (true, "HTTP 302"));
         assert_eq!(fake.count("connect 127.0.0.1:20001"), 3);
     }
@@ -306,7 +328,13 @@ mod tests {
     async fn a_probe_on_a_port_that_is_not_published_fails_saying_which() {
         let fake = FakeHost::new("h");
         let t = target("web-r1-0", 20001);
-        let a = probe_once(&fake, &http("/", PortRef::Name("admin".into())), &t).await;
+        let a = probe_once(
+            &fake,
+            &http("/", PortRef::Name("admin".into())),
+            &t,
+            &Redactor::none(),
+        )
+        .await;
         assert_eq!(
             a.output,
             "port `admin` of web-r1-0 is not published on the host"
@@ -314,7 +342,7 @@ mod tests {
         let tcp = probe(ProbeAction::Tcp {
             port: PortRef::Number(9090),
         });
-        let a = probe_once(&fake, &tcp, &t).await;
+        let a = probe_once(&fake, &tcp, &t, &Redactor::none()).await;
         assert_eq!(
             (a.ok, a.output.as_str()),
             (false, "port 9090 of web-r1-0 is not published on the host")
@@ -329,12 +357,12 @@ mod tests {
         let tcp = probe(ProbeAction::Tcp {
             port: PortRef::Name("http".into()),
         });
-        let a = probe_once(&fake, &tcp, &target("web-r1-0", 20001)).await;
+        let a = probe_once(&fake, &tcp, &target("web-r1-0", 20001), &Redactor::none()).await;
         assert_eq!(
             (a.ok, a.output.as_str()),
             (true, "connected to 127.0.0.1:20001")
         );
-        let a = probe_once(&fake, &tcp, &target("web-r1-0", 20002)).await;
+        let a = probe_once(&fake, &tcp, &target("web-r1-0", 20002), &Redactor::none()).await;
         assert_eq!(
             (a.ok, a.output.as_str()),
             (false, "host h: port 20002: 127.0.0.1: Connection refused")
@@ -356,16 +384,47 @@ mod tests {
         for (answer, want_ok, want_output) in cases {
             let fake = with_container(ContainerState::Running);
             fake.on_exec("sh -c check", answer);
-            let a = probe_once(&fake, &exec(&["sh", "-c", "check"]), &target("web-r1-0", 1)).await;
+            let a = probe_once(
+                &fake,
+                &exec(&["sh", "-c", "check"]),
+                &target("web-r1-0", 1),
+                &Redactor::none(),
+            )
+            .await;
             assert_eq!((a.ok, a.output.as_str()), (want_ok, want_output));
             assert_eq!(fake.calls(), ["exec web-r1-0 sh -c check"]);
         }
     }
 
     #[tokio::test]
+    async fn a_probe_output_is_redacted_before_it_is_cut_to_one_line() {
+        let secret = "S3cr3t-probe";
+        let fake = with_container(ContainerState::Running);
+        // The secret straddles the 200-character cut: a cut first would keep half of it.
+        let padding = "x".repeat(OUTPUT_CAP - "exit 1: ".len() - 6);
+        let answer = format!("{padding}{secret} token=abc123\n");
+        fake.on_exec("check", output(1, "", &answer));
+        let a = probe_once(
+            &fake,
+            &exec(&["check"]),
+            &target("web-r1-0", 1),
+            &Redactor::new([secret]),
+        )
+        .await;
+        assert!(!a.output.contains("S3c"), "{}", a.output);
+        assert!(a.output.contains(&format!("{padding}***")), "{}", a.output);
+    }
+
+    #[tokio::test]
     async fn an_exec_probe_in_a_stopped_container_fails_saying_so() {
         let fake = with_container(ContainerState::Exited(1));
-        let a = probe_once(&fake, &exec(&["check"]), &target("web-r1-0", 1)).await;
+        let a = probe_once(
+            &fake,
+            &exec(&["check"]),
+            &target("web-r1-0", 1),
+            &Redactor::none(),
+        )
+        .await;
         assert_eq!(
             (a.ok, a.output.as_str()),
             (
@@ -380,7 +439,13 @@ mod tests {
         let host = SlowHost {
             exec_delay: Duration::from_secs(60),
         };
-        let a = probe_once(&host, &exec(&["pg_isready"]), &target("web-r1-0", 1)).await;
+        let a = probe_once(
+            &host,
+            &exec(&["pg_isready"]),
+            &target("web-r1-0", 1),
+            &Redactor::none(),
+        )
+        .await;
         assert_eq!(
             (a.ok, a.output.as_str()),
             (false, "`pg_isready` in web-r1-0 did not finish within 2s")

@@ -8,6 +8,7 @@ use berth_api::environment::SmokeCheck;
 use crate::exec::http::{self, Request};
 use crate::exec::ExecError;
 use crate::host::Host;
+use crate::redact::Redactor;
 
 /// How much of an unexpected body an error quotes.
 const QUOTE: usize = 200;
@@ -18,7 +19,7 @@ const QUOTE: usize = 200;
 /// # Errors
 /// `Failed { what: "smoke check <name>" }`: the name is the check's `name`, or
 /// `METHOD path`. A wrong answer says what was expected and what came back (status and
-/// the first 200 characters of the body) and is not retryable; a request that could not
+/// the first 200 characters of the body, redacted) and is not retryable; a request that could not
 /// be made at all (refused, timed out) is retryable.
 pub async fn run_smoke(
     host: &dyn Host,
@@ -26,9 +27,10 @@ pub async fn run_smoke(
     addr: &str,
     port: u16,
     timeout: Duration,
+    redactor: &Redactor,
 ) -> Result<(), ExecError> {
     for check in checks {
-        run_one(host, check, addr, port, timeout).await?;
+        run_one(host, check, addr, port, timeout, redactor).await?;
     }
     Ok(())
 }
@@ -47,6 +49,7 @@ async fn run_one(
     addr: &str,
     port: u16,
     timeout: Duration,
+    redactor: &Redactor,
 ) -> Result<(), ExecError> {
     let what = format!("smoke check `{}`", check_name(check));
     let headers: Vec<(&str, &str)> = check
@@ -63,7 +66,9 @@ async fn run_one(
     let resp = http::request(host, addr, port, &req, timeout)
         .await
         .map_err(|e| ExecError::failed(&what, e.to_string(), e.is_retryable()))?;
-    let body = resp.text();
+    // Redacted before anything is compared or quoted: a quote cut at 200 characters
+    // could otherwise keep half a secret.
+    let body = redactor.redact(&resp.text());
     let status_ok = resp.status == check.expect_status;
     let body_ok = check
         .expect_body
@@ -152,9 +157,16 @@ mod tests {
         let mut version = check("GET", "/version", 200);
         version.headers.insert("X-Want".into(), "v2".into());
         version.expect_body = Some("\"v2\"".into());
-        run_smoke(&fake, &[post, version], "127.0.0.1", PORT, T)
-            .await
-            .unwrap();
+        run_smoke(
+            &fake,
+            &[post, version],
+            "127.0.0.1",
+            PORT,
+            T,
+            &Redactor::none(),
+        )
+        .await
+        .unwrap();
         assert_eq!(fake.count("connect 127.0.0.1:20001"), 2);
     }
 
@@ -163,7 +175,7 @@ mod tests {
         let mut named = check("POST", "/rows", 200);
         named.name = Some("write a row".into());
         named.body = Some("x".into());
-        let err = run_smoke(&app(), &[named], "127.0.0.1", PORT, T)
+        let err = run_smoke(&app(), &[named], "127.0.0.1", PORT, T, &Redactor::none())
             .await
             .unwrap_err();
         assert!(!err.is_retryable());
@@ -180,10 +192,17 @@ mod tests {
         missing.expect_body = Some("found it".into());
         let first = check("GET", "/version", 200);
         let never = check("GET", "/never-run", 200);
-        let err = run_smoke(&fake, &[first, missing, never], "127.0.0.1", PORT, T)
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = run_smoke(
+            &fake,
+            &[first, missing, never],
+            "127.0.0.1",
+            PORT,
+            T,
+            &Redactor::none(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(
             err.starts_with(
                 "smoke check `GET /nowhere`: expected HTTP 404 with a body containing \"found it\", got HTTP 404: \"no route xxx"
@@ -207,6 +226,7 @@ mod tests {
             "127.0.0.1",
             PORT,
             T,
+            &Redactor::none(),
         )
         .await
         .unwrap_err();

@@ -18,6 +18,7 @@ use crate::model::{
 };
 use crate::op::{Millis, Operation, Status, Step, StepOutput, StepState};
 use crate::plan::Repair;
+use crate::redact::Redactor;
 use crate::store::{BackupRecord, Store};
 
 /// How long a replica gets to stop cleanly.
@@ -51,6 +52,9 @@ pub struct Ctx<'a> {
     pub op: Option<&'a Operation>,
     pub status: Option<&'a Status>,
     pub now: Millis,
+    /// Applied to every output of the app (migration logs, smoke answers) before it is
+    /// recorded or quoted.
+    pub redactor: &'a Redactor,
 }
 
 impl Ctx<'_> {
@@ -81,8 +85,11 @@ pub async fn run_step(cx: &Ctx<'_>, step: Step) -> Result<StepResult, ExecError>
             message: format!("{} started", step.name()),
         }),
         Step::PullImage => {
-            let id = cx.host.pull(&cx.template.image).await?;
-            done(StepOutput::Image { id })
+            let pulled = cx.host.pull(&cx.template.image).await?;
+            done(StepOutput::Image {
+                id: pulled.id,
+                repo_digest: pulled.repo_digest,
+            })
         }
         Step::Backup => take_backup(cx, op).await.map(StepResult::Done),
         Step::CreateCandidate => {
@@ -171,6 +178,7 @@ async fn smoke_revision(cx: &Ctx<'_>, rev: Revision) -> Result<(), ExecError> {
             publish_addr(cx.spec),
             port,
             SMOKE_TIMEOUT,
+            cx.redactor,
         )
         .await?;
     }
@@ -183,7 +191,15 @@ async fn smoke_revision(cx: &Ctx<'_>, rev: Revision) -> Result<(), ExecError> {
 async fn smoke_through_proxy(cx: &Ctx<'_>, addr: &str, port: u16) -> Result<(), ExecError> {
     let deadline = tokio::time::Instant::now() + PROXY_SETTLE;
     loop {
-        match smoke::run_smoke(cx.host, &cx.spec.smoke, addr, port, SMOKE_TIMEOUT).await {
+        let smoke = smoke::run_smoke(
+            cx.host,
+            &cx.spec.smoke,
+            addr,
+            port,
+            SMOKE_TIMEOUT,
+            cx.redactor,
+        );
+        match smoke.await {
             Ok(()) => return Ok(()),
             Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
@@ -227,11 +243,12 @@ pub async fn ensure_replica(
     start: bool,
 ) -> Result<(), ExecError> {
     let name = replica_name(cx.env, rev, i);
+    let image = image_of(cx, rev, template)?;
     let mut refused: BTreeSet<u16> = BTreeSet::new();
     for _ in 0..5 {
         let existing = cx.host.inspect(&name).await?;
         let needs_create = match &existing {
-            Some(c) if c.template_hash == template.hash() && c.image == template.image => false,
+            Some(c) if c.template_hash == template.hash() && c.image == image => false,
             Some(_) => {
                 cx.host.remove(&name).await?;
                 true
@@ -239,7 +256,7 @@ pub async fn ensure_replica(
             None => true,
         };
         if needs_create {
-            let spec = new_replica(cx, rev, i, template, op, &refused).await?;
+            let spec = new_replica(cx, rev, i, template, &image, op, &refused).await?;
             if let Created::Existed(c) = cx.host.create(&spec).await? {
                 if c.template_hash != spec.template_hash {
                     // Someone raced us with another template: go round again.
@@ -286,6 +303,7 @@ async fn new_replica(
     rev: Revision,
     i: u32,
     template: &Template,
+    image: &str,
     op: Option<&str>,
     refused: &BTreeSet<u16>,
 ) -> Result<ContainerSpec, ExecError> {
@@ -305,7 +323,30 @@ async fn new_replica(
                 true,
             )
         })?;
-    Ok(replica_spec(cx.env, rev, i, template, ports, op))
+    Ok(replica_spec(cx.env, rev, i, template, image, ports, op))
+}
+
+/// The image reference containers of `rev` are created from: the repo digest its
+/// `PullImage` step recorded, so that they run what was pulled and verified even after
+/// the tag moved; the template's reference for a revision pulled before digests were
+/// recorded.
+fn image_of(cx: &Ctx<'_>, rev: Revision, template: &Template) -> Result<String, ExecError> {
+    if let Some(d) = cx.store.revision(cx.env, rev)?.and_then(|r| r.repo_digest) {
+        return Ok(d);
+    }
+    // After a crash between the PullImage entry and its record on the revision, the
+    // operation's journal still says what was pulled.
+    let pulled = match (cx.op, cx.status) {
+        (Some(op), Some(st)) if op.to == rev => match st.output_of(Step::PullImage) {
+            Some(StepOutput::Image {
+                repo_digest: Some(d),
+                ..
+            }) => Some(d.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    Ok(pulled.unwrap_or_else(|| template.image.clone()))
 }
 
 async fn stop_revision(cx: &Ctx<'_>, rev: Revision) -> Result<(), ExecError> {
@@ -477,8 +518,10 @@ async fn run_migration(cx: &Ctx<'_>, op: &Operation, st: &Status) -> Result<Step
         )) => *since,
         _ => cx.now,
     };
-    let spec = migrate_spec(cx.env, op.to, &op.id, cx.template, command);
-    match migrate::migrate(cx.host, &spec, since, cx.now, cx.spec.migration.timeout.0).await? {
+    let image = image_of(cx, op.to, cx.template)?;
+    let spec = migrate_spec(cx.env, op.to, &op.id, cx.template, &image, command);
+    let timeout = cx.spec.migration.timeout.0;
+    match migrate::migrate(cx.host, &spec, since, cx.now, timeout, cx.redactor).await? {
         Progress::Done { log_tail } => Ok(StepResult::Done(StepOutput::Migration {
             exit_code: 0,
             log_tail,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 
-use crate::host::{Conn, ContainerEvent, Created, Host, HostError, Output, Result};
+use crate::host::{Conn, ContainerEvent, Created, Host, HostError, Output, Pulled, Result};
 use crate::model::{ContainerInfo, ContainerSpec};
 
 pub(crate) struct SlowHost {
@@ -52,7 +52,7 @@ impl Host for SlowHost {
     async fn logs(&self, _: &str, _: usize) -> Result<String> {
         refused("logs")
     }
-    async fn pull(&self, _: &str) -> Result<String> {
+    async fn pull(&self, _: &str) -> Result<Pulled> {
         refused("pull")
     }
     async fn remove_image(&self, _: &str) -> Result<()> {

@@ -32,7 +32,7 @@ use futures_util::stream::{self, BoxStream};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{ContainerEvent, Created, Host, HostError, Output, Result};
+use super::{ContainerEvent, Created, Host, HostError, Output, Pulled, Result};
 use crate::model::{ContainerInfo, ContainerSpec, ContainerState, LABEL_ENV};
 
 /// What a command may print into an [`Output`]; a chatty command must not exhaust memory.
@@ -297,7 +297,7 @@ impl Engine {
         Ok(String::from_utf8_lossy(&text).into_owned())
     }
 
-    pub async fn pull(&self, image: &str) -> Result<String> {
+    pub async fn pull(&self, image: &str) -> Result<Pulled> {
         let credentials = match &self.registry_auth {
             Some(path) => {
                 let text = tokio::fs::read(path)
@@ -327,13 +327,15 @@ impl Engine {
             .inspect_image(&local_ref)
             .await
             .map_err(|e| self.err("inspect image", image, e))?;
-        inspected.id.ok_or_else(|| HostError::Docker {
+        let id = inspected.id.ok_or_else(|| HostError::Docker {
             host: self.host.clone(),
             op: "pull",
             object: image.to_owned(),
             message: "the engine reported no image id".into(),
             retryable: true,
-        })
+        })?;
+        let repo_digest = repo_digest_of(image, &inspected.repo_digests.unwrap_or_default());
+        Ok(Pulled { id, repo_digest })
     }
 
     pub async fn remove_image(&self, image: &str) -> Result<()> {
@@ -892,6 +894,28 @@ fn pull_ref(image: &str) -> (String, Option<String>, String) {
     }
 }
 
+/// The repo digest (`repo@sha256:…`) of the image pulled as `image`, among the image's
+/// `RepoDigests` (one per repository it was pulled from): the one of `image`'s own
+/// repository. A reference that names a digest already is its own answer.
+pub(crate) fn repo_digest_of(image: &str, repo_digests: &[String]) -> Option<String> {
+    let wanted = image.parse::<berth_api::values::ImageRef>().ok()?;
+    if let Some(d) = &wanted.digest {
+        return Some(format!("{}@{d}", wanted.repository));
+    }
+    // The engine writes Docker Hub repositories short (`postgres`, `org/app`).
+    let short = |repo: &str| {
+        let repo = repo.strip_prefix("docker.io/").unwrap_or(repo);
+        repo.strip_prefix("library/").unwrap_or(repo).to_owned()
+    };
+    repo_digests
+        .iter()
+        .find(|d| {
+            d.split_once('@')
+                .is_some_and(|(repo, _)| short(repo) == short(&wanted.repository))
+        })
+        .cloned()
+}
+
 /// Credentials for `registry` from a docker `config.json` (`auths.<registry>.auth`, the
 /// base64 of `user:password`, or `username`/`password`/`identitytoken`). `None` when the
 /// file has no entry for it. Errors never quote the file: it holds secrets.
@@ -1085,6 +1109,31 @@ mod tests {
         assert_eq!(registry_of("ghcr.io/o/app@sha256:00"), "ghcr.io");
         assert_eq!(registry_of("library/postgres:15"), "docker.io");
         assert_eq!(registry_of("postgres:15"), "docker.io");
+    }
+
+    #[test]
+    fn the_repo_digest_is_the_one_of_the_pulled_repository() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let digests = [
+            format!("other.example/app@{}", d('b')),
+            format!("127.0.0.1:5000/berth/demo-app@{}", d('a')),
+        ];
+        assert_eq!(
+            repo_digest_of("127.0.0.1:5000/berth/demo-app:v1", &digests),
+            Some(format!("127.0.0.1:5000/berth/demo-app@{}", d('a')))
+        );
+        assert_eq!(
+            repo_digest_of(
+                "docker.io/library/postgres:15",
+                &[format!("postgres@{}", d('c'))]
+            ),
+            Some(format!("postgres@{}", d('c')))
+        );
+        assert_eq!(repo_digest_of("app:v1", &digests), None);
+        assert_eq!(
+            repo_digest_of(&format!("app:v1@{}", d('e')), &[]),
+            Some(format!("app@{}", d('e')))
+        );
     }
 
     #[test]

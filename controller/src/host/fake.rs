@@ -37,7 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 
 use super::engine::parse_env_file;
-use super::{Conn, ContainerEvent, Created, Host, HostError, Output, Result};
+use super::{Conn, ContainerEvent, Created, Host, HostError, Output, Pulled, Result};
 use crate::model::{ContainerInfo, ContainerSpec, ContainerState};
 
 /// Answers one request on a port: the request's bytes in, the response's bytes out.
@@ -572,12 +572,20 @@ impl Host for FakeHost {
         Ok(lines[from..].iter().map(|l| format!("{l}\n")).collect())
     }
 
-    async fn pull(&self, image: &str) -> Result<String> {
+    async fn pull(&self, image: &str) -> Result<Pulled> {
         let mut s = self.lock();
         let after = s.begin(&self.name, "pull", image, true)?;
         let id = image_id(image);
         s.images.insert(image.to_owned(), id.clone());
-        finish(after, Ok(id))
+        // As a registry would: the content's digest, under the image's repository.
+        let repo_digest = image
+            .parse::<berth_api::values::ImageRef>()
+            .ok()
+            .map(|r| format!("{}@{id}", r.repository));
+        if let Some(d) = &repo_digest {
+            s.images.insert(d.clone(), id.clone());
+        }
+        finish(after, Ok(Pulled { id, repo_digest }))
     }
 
     async fn remove_image(&self, image: &str) -> Result<()> {

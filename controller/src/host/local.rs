@@ -20,7 +20,7 @@ use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::engine::{self, Engine, Sink, Source};
-use super::{Conn, ContainerEvent, Created, Host, HostError, Output, Result};
+use super::{Conn, ContainerEvent, Created, Host, HostError, Output, Pulled, Result};
 use crate::model::{ContainerInfo, ContainerSpec, LABEL_ENV};
 
 /// Seconds a Docker request may take before its response starts (stops get their grace
@@ -115,7 +115,7 @@ impl Host for LocalHost {
         self.engine.logs(name, tail).await
     }
 
-    async fn pull(&self, image: &str) -> Result<String> {
+    async fn pull(&self, image: &str) -> Result<Pulled> {
         self.engine.pull(image).await
     }
 

@@ -48,6 +48,15 @@ impl Output {
     }
 }
 
+/// What a pull brought: the image's id, and the registry's digest of it as a reference
+/// (`repo@sha256:…`), which names those bytes for good whatever the tag does later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pulled {
+    pub id: String,
+    /// `None` for an image the registry gave no digest for (one built on the host).
+    pub repo_digest: Option<String>,
+}
+
 /// A container event that should wake the reconciler for its environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerEvent {
@@ -144,8 +153,9 @@ pub trait Host: Send + Sync + 'static {
     /// The last `tail` lines of stdout and stderr.
     async fn logs(&self, name: &str, tail: usize) -> Result<String>;
 
-    /// Pulls the image (with the host's registry credentials, if any) and returns its id.
-    async fn pull(&self, image: &str) -> Result<String>;
+    /// Pulls the image (with the host's registry credentials, if any) and returns its id
+    /// and repo digest.
+    async fn pull(&self, image: &str) -> Result<Pulled>;
 
     /// Removes an image no container uses; absent or still used is not an error.
     async fn remove_image(&self, image: &str) -> Result<()>;

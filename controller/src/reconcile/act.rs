@@ -8,11 +8,13 @@ use berth_api::environment::EnvironmentSpec;
 use berth_api::HostSpec;
 
 use crate::exec::steps::{self, Ctx, StepResult};
+use crate::exec::ExecError;
 use crate::model::{Revision, Template};
 use crate::op::{
     Entry, Event, Millis, OpKind, Operation, Outcome, Phase, Status, Step, StepOutput, StepState,
 };
 use crate::plan::{self, Action, Gate, Journal, NewOperation, Repair};
+use crate::redact::Redactor;
 use crate::store::{EnvState, EventKind, FailedTemplate, RevisionRecord, Store};
 
 use super::observe::observe;
@@ -127,10 +129,19 @@ pub(super) async fn reconcile_env(
 ) -> Result<Duration, ReconcileError> {
     let desired_template = Template::of(t.manifest);
     let desired_hash = desired_template.hash();
+    // Every revision's env and env files: an operation may run an older revision's.
+    let known = ctl.store.revisions(t.env)?;
+    let redactor = Arc::new(
+        Redactor::load(
+            t.conn.host.as_ref(),
+            known.iter().map(|r| &r.template).chain([&desired_template]),
+        )
+        .await?,
+    );
     for _ in 0..BURST {
         let view = View::load(&ctl.store, t.env)?;
         let spec = view.spec(t.manifest);
-        let observed = observe(t.conn, t.env, &spec).await?;
+        let observed = observe(t.conn, t.env, &spec, &redactor).await?;
         let now = now_millis();
         let action = plan::plan(
             t.env,
@@ -156,6 +167,7 @@ pub(super) async fn reconcile_env(
             op: view.active.as_ref(),
             status: view.status.as_ref(),
             now,
+            redactor: &redactor,
         };
         let next = match action {
             Action::Idle { recheck, message } | Action::Wait { recheck, message } => {
@@ -187,7 +199,10 @@ pub(super) async fn reconcile_env(
                 phase,
                 index,
                 error,
-            } => fail(ctl, t.env, &view, (phase, index), error, now)?,
+            } => {
+                let error = redactor.redact(&error);
+                fail(ctl, t.env, &view, (phase, index), error, now)?
+            }
             Action::BeginRollback { reason, steps } => {
                 let op = active(&view, t.env)?;
                 let names: Vec<&str> = steps.iter().map(|s| s.name()).collect();
@@ -273,14 +288,15 @@ async fn begin(
     cx: &Ctx<'_>,
 ) -> Result<Next, ReconcileError> {
     let facts = preflight::gather(ctl, t, &new.steps).await;
-    let (message, recheck) = match plan::preflight(t.manifest, &new.steps, &facts) {
+    let gate = plan::preflight(t.manifest, &new.steps, &facts);
+    let (message, recheck) = match &gate {
         Gate::Go => return start(ctl, t, desired_template, new).map(|()| Some(Duration::ZERO)),
-        Gate::Wait { message } => (message, DEPENDENCY_RECHECK),
+        Gate::Wait { message } => (message.clone(), DEPENDENCY_RECHECK),
         Gate::Refuse { reasons } => {
-            let message = format!(
+            let message = cx.redactor.redact(&format!(
                 "not rolled out, nothing was changed: {}",
                 reasons.join("; ")
-            );
+            ));
             if view.state.message != message {
                 ctl.event(
                     t.env,
@@ -294,7 +310,7 @@ async fn begin(
         }
     };
     if let Some(Action::Repair(r)) =
-        plan::repair_current(t.env, t.manifest, observed, &view.journal)
+        plan::repair_current(t.env, t.manifest, observed, &view.journal, &gate)
     {
         repair(ctl, view, cx, &r).await?;
         return Ok(None);
@@ -319,7 +335,9 @@ fn start(
             template_hash: new.template_hash.clone(),
             template: desired_template.clone(),
             spec: spec.clone(),
+            // Filled in when its PullImage step succeeds.
             image_id: None,
+            repo_digest: None,
             commit: t.commit.map(str::to_owned),
             created_at: now,
         })?;
@@ -374,13 +392,23 @@ async fn run(
     }
     match steps::run_step(cx, step).await {
         Ok(StepResult::Done(output)) => {
-            announce(ctl, env, &op.id, &output);
+            announce(ctl, cx.redactor, env, &op.id, &output);
+            let pulled = match &output {
+                StepOutput::Image { id, repo_digest } => Some((id.clone(), repo_digest.clone())),
+                _ => None,
+            };
             let entry = Entry::Succeeded {
                 phase,
                 index,
                 output,
             };
             ctl.store.append(&op.id, ev(now_millis(), entry))?;
+            // What was pulled is what the revision runs from now on, also after this
+            // operation (drift repairs, an undo to it).
+            if let Some((id, digest)) = pulled {
+                ctl.store
+                    .record_pulled_image(env, op.to, &id, digest.as_deref())?;
+            }
             Ok(None)
         }
         Ok(StepResult::Pending { recheck, message }) => {
@@ -392,7 +420,7 @@ async fn run(
         }
         Err(e) => {
             let retryable = e.is_retryable();
-            let message = e.to_string();
+            let message = cx.redactor.redact(&e.to_string());
             let entry = Entry::Failed {
                 phase,
                 index,
@@ -408,7 +436,8 @@ async fn run(
                 Some(op.id.clone()),
             );
             if retryable {
-                return Err(e.into());
+                // Logged and shown as the environment's message: redacted too.
+                return Err(ExecError::failed(step.name(), message, true).into());
             }
             Ok(None)
         }
@@ -542,7 +571,7 @@ async fn repair(
 }
 
 /// What a step leaves that people want to see: a migration's output, a backup's file.
-fn announce(ctl: &Controller, env: &str, op: &str, output: &StepOutput) {
+fn announce(ctl: &Controller, redactor: &Redactor, env: &str, op: &str, output: &StepOutput) {
     let (reason, message) = match output {
         StepOutput::Migration { log_tail, .. } => (
             "MigrationSucceeded",
@@ -556,6 +585,7 @@ fn announce(ctl: &Controller, env: &str, op: &str, output: &StepOutput) {
         ),
         _ => return,
     };
+    let message = redactor.redact(&message);
     ctl.event(env, EventKind::Normal, reason, message, Some(op.to_owned()));
 }
 

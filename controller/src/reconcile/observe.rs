@@ -2,12 +2,15 @@
 //! the probe monitor, which this also keeps pointed at the right containers), and where
 //! its traffic goes.
 
+use std::sync::Arc;
+
 use berth_api::environment::EnvironmentSpec;
 
 use crate::exec::probe::{ProbeKind, Target, Watch};
 use crate::exec::steps::observe_traffic;
 use crate::model::{ContainerInfo, ContainerState, Role};
 use crate::plan::{Health, Observed};
+use crate::redact::Redactor;
 
 use super::{Connected, ReconcileError};
 
@@ -15,6 +18,7 @@ pub(super) async fn observe(
     conn: &Connected,
     env: &str,
     spec: &EnvironmentSpec,
+    redactor: &Arc<Redactor>,
 ) -> Result<Observed, ReconcileError> {
     let containers = conn.host.list(env).await?;
     let mut watches = Vec::new();
@@ -38,6 +42,7 @@ pub(super) async fn observe(
                     kind,
                     probe: probe.clone(),
                     target: target.clone(),
+                    redactor: redactor.clone(),
                 });
             }
         }

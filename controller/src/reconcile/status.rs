@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::op::{Operation, Outcome, StepState};
+use crate::op::{Millis, Operation, Outcome, StepOutput, StepState};
 use crate::store::{BackupRecord, EnvState, EventRecord, Store, StoreError};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -24,6 +24,9 @@ pub struct EnvStatus {
 pub struct RevisionLine {
     pub revision: u64,
     pub image: String,
+    /// `repo@sha256:…`: what the revision's containers run, once pulled.
+    #[serde(default)]
+    pub repo_digest: Option<String>,
     pub template_hash: String,
     pub commit: Option<String>,
     pub created_at: u64,
@@ -38,35 +41,108 @@ pub struct OpStatus {
     pub phase: String,
     pub outcome: Option<Outcome>,
     pub rollback_reason: Option<String>,
-    /// `(step, state, detail)` of the steps of the current phase, then the forward steps
-    /// when rolling back.
+    /// The steps of the current phase, then the forward steps when rolling back.
     pub steps: Vec<StepLine>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// One step of an operation, as data: what `describe` words for humans and `-o json`
+/// prints as fields.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StepLine {
     pub step: String,
+    /// `Pending`, `Running`, `Succeeded`, `Retrying` or `Failed`.
     pub state: String,
-    pub detail: String,
+    /// Attempts so far (`Running`, `Retrying`).
+    pub attempts: Option<u32>,
+    /// Since when it runs (`Running`, `Retrying`), or when it ended (`Succeeded`, `Failed`).
+    pub at: Option<Millis>,
+    /// What a succeeded step left (`None` when it leaves nothing).
+    pub output: Option<StepOutput>,
+    /// Why it failed (`Failed`), or why the last attempt did (`Retrying`).
+    pub error: Option<String>,
+}
+
+impl StepLine {
+    /// One line for humans: `attempt 2`, `pulled app@sha256:…`, the error.
+    pub fn detail(&self) -> String {
+        let attempts = self.attempts.unwrap_or(0);
+        match (self.state.as_str(), &self.output, &self.error) {
+            ("Running", _, _) => format!("attempt {attempts}"),
+            ("Retrying", _, e) => format!(
+                "after {attempts} attempts: {}",
+                e.as_deref().unwrap_or_default()
+            ),
+            (_, _, Some(e)) => e.clone(),
+            (_, Some(o), None) => output_detail(o),
+            _ => String::new(),
+        }
+    }
+}
+
+fn output_detail(output: &StepOutput) -> String {
+    match output {
+        StepOutput::None => String::new(),
+        StepOutput::Image { id, repo_digest } => {
+            format!("pulled {}", repo_digest.as_deref().unwrap_or(id))
+        }
+        StepOutput::Backup { path, size, .. } => format!("{path} ({size} bytes)"),
+        StepOutput::Migration {
+            exit_code,
+            log_tail,
+        } => {
+            let last = log_tail.lines().rev().find(|l| !l.trim().is_empty());
+            match last {
+                Some(l) => format!("exit {exit_code}: {}", l.trim()),
+                None => format!("exit {exit_code}"),
+            }
+        }
+        StepOutput::Note(n) => n.clone(),
+    }
 }
 
 fn step_lines(steps: &[(crate::op::Step, StepState)]) -> Vec<StepLine> {
     steps
         .iter()
         .map(|(s, st)| {
-            let (state, detail) = match st {
-                StepState::Pending => ("Pending", String::new()),
-                StepState::Running { attempts, .. } => ("Running", format!("attempt {attempts}")),
-                StepState::Succeeded { output, .. } => ("Succeeded", format!("{output:?}")),
-                StepState::Retrying {
-                    attempts, error, ..
-                } => ("Retrying", format!("after {attempts} attempts: {error}")),
-                StepState::Failed { error, .. } => ("Failed", error.clone()),
-            };
-            StepLine {
+            let line = StepLine {
                 step: s.name().to_owned(),
-                state: state.to_owned(),
-                detail,
+                ..StepLine::default()
+            };
+            match st {
+                StepState::Pending => StepLine {
+                    state: "Pending".into(),
+                    ..line
+                },
+                StepState::Running { since, attempts } => StepLine {
+                    state: "Running".into(),
+                    attempts: Some(*attempts),
+                    at: Some(*since),
+                    ..line
+                },
+                StepState::Succeeded { at, output } => StepLine {
+                    state: "Succeeded".into(),
+                    at: Some(*at),
+                    output: (*output != StepOutput::None).then(|| output.clone()),
+                    ..line
+                },
+                StepState::Retrying {
+                    since,
+                    attempts,
+                    error,
+                } => StepLine {
+                    state: "Retrying".into(),
+                    attempts: Some(*attempts),
+                    at: Some(*since),
+                    error: Some(error.clone()),
+                    ..line
+                },
+                StepState::Failed { at, error } => StepLine {
+                    state: "Failed".into(),
+                    at: Some(*at),
+                    error: Some(error.clone()),
+                    ..line
+                },
             }
         })
         .collect()
@@ -104,6 +180,7 @@ pub fn collect(store: &Store, env: &str) -> Result<EnvStatus, StoreError> {
         .map(|r| RevisionLine {
             revision: r.revision,
             image: r.template.image.clone(),
+            repo_digest: r.repo_digest,
             template_hash: r.template_hash,
             commit: r.commit,
             created_at: r.created_at,

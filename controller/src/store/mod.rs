@@ -574,6 +574,44 @@ impl Store {
         self.flush()
     }
 
+    /// Records what the revision's `PullImage` step pulled (its image id and repo digest);
+    /// returns whether the revision exists. Only these two fields change: a revision's
+    /// template is immutable. Flushed.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`]; storage errors.
+    pub fn record_pulled_image(
+        &self,
+        env: &str,
+        revision: Revision,
+        image_id: &str,
+        repo_digest: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        check_env(env)?;
+        let key = rev_key(env, revision);
+        let revs = &self.t().revisions;
+        loop {
+            let Some(old) = revs.get(&key).map_err(sled_err(REVISIONS, &key))? else {
+                return Ok(false);
+            };
+            let mut rec: RevisionRecord = decode_keyed(REVISIONS, &key, &old)?;
+            rec.image_id = Some(image_id.to_owned());
+            rec.repo_digest = repo_digest.map(str::to_owned);
+            let new = encode(REVISIONS, &key, &rec)?;
+            match revs
+                .compare_and_swap(&key, Some(old), Some(new))
+                .map_err(sled_err(REVISIONS, &key))?
+            {
+                Ok(()) => {
+                    self.flush()?;
+                    return Ok(true);
+                }
+                // Pruned or written in between: look again.
+                Err(_) => continue,
+            }
+        }
+    }
+
     /// # Errors
     /// [`StoreError::Corrupt`]; storage errors.
     pub fn revision(

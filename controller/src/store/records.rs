@@ -64,6 +64,10 @@ pub struct RevisionRecord {
     pub spec: serde_json::Value,
     /// The pulled image's id, once known: an undo runs the same bytes even if the tag moved.
     pub image_id: Option<String>,
+    /// The pulled image as `repo@sha256:…`, once its `PullImage` step succeeded: every
+    /// container of the revision is created from it, not from the (mutable) tag.
+    #[serde(default)]
+    pub repo_digest: Option<String>,
     /// The git commit of the manifests it came from.
     pub commit: Option<String>,
     pub created_at: Millis,

@@ -86,6 +86,7 @@ fn revision(env: &str, revision: Revision, image: &str) -> RevisionRecord {
         template,
         spec: serde_json::json!({ "image": image }),
         image_id: None,
+        repo_digest: None,
         commit: Some("abc123".into()),
         created_at: revision * 1000,
     }
@@ -390,6 +391,32 @@ fn revisions_are_numbered_from_one_in_numeric_order_and_never_reused() {
         "app:v2"
     );
     assert!(s.revision("web", 3).unwrap().is_none());
+}
+
+#[test]
+fn the_pulled_image_is_recorded_on_its_revision_and_nothing_else_changes() {
+    let (_d, s) = open();
+    let r = revision("web", 1, "app:v1");
+    s.put_revision(&r).unwrap();
+    let digest = format!("app@sha256:{}", "a".repeat(64));
+    assert!(s
+        .record_pulled_image("web", 1, "sha256:1d", Some(&digest))
+        .unwrap());
+    let stored = s.revision("web", 1).unwrap().unwrap();
+    assert_eq!(stored.image_id.as_deref(), Some("sha256:1d"));
+    assert_eq!(stored.repo_digest, Some(digest));
+    assert_eq!(
+        (stored.template, stored.template_hash),
+        (r.template, r.template_hash)
+    );
+    assert!(!s.record_pulled_image("web", 2, "sha256:1d", None).unwrap());
+    // A record written before the field existed reads as not pinned.
+    let old: RevisionRecord = serde_json::from_value(serde_json::json!({
+        "env": "web", "revision": 1, "template_hash": "h", "template": template("app:v1"),
+        "spec": {}, "image_id": null, "commit": null, "created_at": 0
+    }))
+    .unwrap();
+    assert_eq!(old.repo_digest, None);
 }
 
 #[test]
