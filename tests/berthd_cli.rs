@@ -4,12 +4,18 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// berthd on an empty manifest directory, its stderr a pipe: the log lines it writes
+/// berthd on a manifest directory with one Host and no environment, its stderr a pipe: the log lines it writes
 /// until it is stopped.
 fn log_of_berthd_into_a_pipe() -> String {
     let dir = tempfile::tempdir().expect("a temp dir");
     let manifests = dir.path().join("manifests");
     std::fs::create_dir(&manifests).expect("the manifest dir");
+    // A valid desired state with nothing to deploy: berthd starts, logs, and idles.
+    std::fs::write(
+        manifests.join("hosts.yaml"),
+        "apiVersion: berth.dev/v1\nkind: Host\nmetadata: {name: local}\nspec: {address: local}\n",
+    )
+    .expect("a Host manifest");
     let mut child = Command::new(env!("CARGO_BIN_EXE_berthd"))
         .arg("--manifests")
         .arg(&manifests)
