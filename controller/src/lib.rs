@@ -12,7 +12,9 @@
 //! - [`redact`]: secrets out of every output before Berth stores or logs it.
 //! - [`source`]: where desired state comes from (a watched directory).
 //! - [`ctl`]: berthctl's commands (the binary only dispatches to them).
+//! - [`api`]: berthd's HTTP/JSON API (unix socket, TCP with a token), which berthctl uses.
 
+pub mod api;
 pub mod ctl;
 pub mod exec;
 pub mod host;

@@ -12,7 +12,7 @@ use berth_api::environment::{
 };
 
 use crate::model::{replica_name, ContainerInfo, ContainerState, Revision, Role};
-use crate::op::{Millis, Operation, Outcome, Phase, Status, Step, StepOutput, StepState};
+use crate::op::{Millis, OpKind, Operation, Outcome, Phase, Status, Step, StepOutput, StepState};
 
 /// How often an idle, healthy environment is looked at again without a trigger.
 pub const RESYNC: Duration = Duration::from_secs(30);
@@ -51,6 +51,36 @@ pub struct Journal {
     /// The template hash `berthctl approve` was given for.
     pub approved_hash: Option<String>,
     pub active: Option<Operation>,
+    /// `berthctl rollout abort` was asked for the active operation: roll it back now.
+    pub abort: bool,
+    /// `berthctl rollout undo`: the revision the environment is held at while the
+    /// manifest still asks for what it asked when the undo was made.
+    pub pin: Option<Pin>,
+}
+
+/// An environment held at a revision by `rollout undo` (docs/design.md, "Operator
+/// verbs"): it holds while the manifest's template hash is `asked_hash`; any change to
+/// the spec's template ends it.
+#[derive(Clone, Debug)]
+pub struct Pin {
+    pub revision: Revision,
+    /// The pinned revision's template hash.
+    pub hash: String,
+    /// The manifest's template hash when the undo was asked.
+    pub asked_hash: String,
+    /// The pinned revision's spec, as recorded with it (the manifest's when unreadable).
+    pub spec: EnvironmentSpec,
+}
+
+/// The spec an undo runs with: its revision's, without approval (an undo is the
+/// operator's own decision) and without a migration (the database stays as it is, as
+/// after an automatic rollback of an expand-only migration; a backup is taken only when
+/// `backup.when` is `Always`).
+pub fn undo_spec(pinned: &EnvironmentSpec) -> EnvironmentSpec {
+    let mut spec = pinned.clone();
+    spec.approval = berth_api::environment::Approval::Automatic;
+    spec.migration.policy = MigrationPolicy::None;
+    spec
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,6 +130,8 @@ pub enum Action {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewOperation {
+    /// A rollout of the manifest, or an undo to a pinned revision (with [`undo_spec`]).
+    pub kind: OpKind,
     pub from: Option<Revision>,
     pub to: Revision,
     /// True when `to` is a new revision (its record must be written).
@@ -330,6 +362,13 @@ fn plan_idle(
     observed: &Observed,
     journal: &Journal,
 ) -> Action {
+    if let Some(pin) = journal
+        .pin
+        .as_ref()
+        .filter(|p| p.asked_hash == desired_hash)
+    {
+        return plan_pinned(name, spec, desired_hash, observed, journal, pin);
+    }
     let current = journal.current.as_ref();
     if current.map(|(_, h)| h.as_str()) != Some(desired_hash) {
         if let Some((hash, reason)) = &journal.failed_hash {
@@ -364,6 +403,7 @@ fn plan_idle(
             Some(r) => format!("revision {r} → {to} ({})", spec.image),
         };
         return Action::Begin(NewOperation {
+            kind: OpKind::Rollout,
             from,
             to,
             new_revision,
@@ -386,6 +426,76 @@ fn plan_idle(
             spec.replicas
         ),
     }
+}
+
+/// An environment held by `rollout undo` at `pin.revision`: the undo is rolled out if
+/// it is not serving yet, then the revision is kept healthy, whatever the manifest asks,
+/// until the manifest's template changes.
+fn plan_pinned(
+    name: &str,
+    spec: &EnvironmentSpec,
+    desired_hash: &str,
+    observed: &Observed,
+    journal: &Journal,
+    pin: &Pin,
+) -> Action {
+    let asks = journal
+        .revisions
+        .iter()
+        .find(|(_, h)| h == desired_hash)
+        .map_or("a new revision".to_owned(), |(r, _)| {
+            format!("revision {r}")
+        });
+    let current = journal.current.as_ref().map(|(r, _)| *r);
+    if current == Some(pin.revision) {
+        if let Some(a) = repair(name, spec, pin.revision, observed) {
+            return a;
+        }
+        return Action::Idle {
+            recheck: RESYNC,
+            message: format!(
+                "pinned to revision {} by undo; the manifest asks for {asks} ({} of {} replicas ready)",
+                pin.revision,
+                ready_count(observed, pin.revision, spec),
+                spec.replicas
+            ),
+        };
+    }
+    if let Some((hash, reason)) = &journal.failed_hash {
+        if *hash == pin.hash {
+            if let Some(a) = current.and_then(|rev| repair(name, spec, rev, observed)) {
+                return a;
+            }
+            return Action::Idle {
+                recheck: RESYNC,
+                message: format!(
+                    "undo to revision {} failed: {reason}; change the spec or berthctl rollout retry",
+                    pin.revision
+                ),
+            };
+        }
+    }
+    if journal.paused {
+        return Action::Idle {
+            recheck: RESYNC,
+            message: "rollouts are paused (berthctl rollout resume)".into(),
+        };
+    }
+    let undo = undo_spec(&pin.spec);
+    Action::Begin(NewOperation {
+        kind: OpKind::Undo,
+        from: current,
+        to: pin.revision,
+        new_revision: false,
+        template_hash: pin.hash.clone(),
+        steps: steps_for(&undo, current),
+        reason: format!(
+            "undo: revision {} → {} ({})",
+            current.map_or("none".into(), |r| r.to_string()),
+            pin.revision,
+            undo.image
+        ),
+    })
 }
 
 fn app_replicas(
@@ -613,6 +723,12 @@ fn plan_operation(
 ) -> Action {
     if let Some(outcome) = &st.outcome {
         return Action::Finish(outcome.clone());
+    }
+    if journal.abort && st.phase == Phase::Forward {
+        return Action::BeginRollback {
+            reason: "aborted by an operator (berthctl rollout abort)".into(),
+            steps: rollback_steps(spec, op, st),
+        };
     }
     let Some((index, step, state)) = st.cursor() else {
         return Action::Finish(match st.phase {

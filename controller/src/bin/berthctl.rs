@@ -1,20 +1,36 @@
 //! `berthctl`: the command-line client. Each command lives in `berth_controller::ctl`;
-//! this is the dispatch. Exit codes: 0 ok, 1 errors, 2 usage.
+//! this is the dispatch.
 
 use std::process::ExitCode;
 
+use berth_controller::ctl::apply::{Apply, Delete, Diff};
 use berth_controller::ctl::describe::Describe;
+use berth_controller::ctl::events::{Events, Logs};
 use berth_controller::ctl::get::Get;
 use berth_controller::ctl::output::{emit, now_millis};
+use berth_controller::ctl::rollout::{Approve, Rollout};
 use berth_controller::ctl::validate::Validate;
 use berth_controller::ctl::CtlError;
 use clap::{Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+berthctl finds berthd by itself: --socket PATH, else $BERTH_SOCKET, else
+<--state DIR>/berthd.sock (the state directory defaults to .berth, as berthd's does).
+get and describe read berthd's last status files when berthd is not running.
+
+Exit codes:
+  0  succeeded (with --wait / -w: the desired revision serves)
+  1  failed, refused by berthd, or (with --wait / -w) the rollout failed or rolled back
+  2  usage error
+  3  berthd unreachable
+  4  timed out waiting (--timeout)";
 
 #[derive(Parser)]
 #[command(
     name = "berthctl",
     version,
-    about = "Drive Berth: validate manifests, inspect and steer rollouts"
+    about = "Drive Berth: validate manifests, inspect and steer rollouts",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,14 +43,28 @@ enum Command {
     Validate(Validate),
     /// Print the JSON Schema of a manifest document (for yaml-language-server and editors).
     Schema,
-    /// List environments, backups or hosts (environments and backups as berthd last wrote
-    /// them under --state).
+    /// List environments, revisions, backups or hosts.
     #[command(subcommand)]
     Get(Get),
-    /// Show one environment in detail: state, operation and steps, revisions, backups,
-    /// events.
+    /// Show one environment in detail: state, owner, operation and steps, revisions,
+    /// backups, events.
     #[command(subcommand)]
     Describe(Describe),
+    /// Apply Environments from a file: the journal owns them from then on.
+    Apply(Apply),
+    /// What `apply` would change, field by field, and the rollout it would start.
+    Diff(Diff),
+    /// Stop owning an applied environment (its containers keep running unless --prune).
+    Delete(Delete),
+    /// Release a rollout waiting for approval (`approval: Required`).
+    Approve(Approve),
+    /// Follow, undo, pause, resume, retry or abort rollouts.
+    #[command(subcommand)]
+    Rollout(Rollout),
+    /// Recent events; -w keeps printing them.
+    Events(Events),
+    /// The replicas' container logs, prefixed by replica (secrets redacted).
+    Logs(Logs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +74,13 @@ fn main() -> ExitCode {
         Command::Schema => schema(),
         Command::Get(g) => g.run(now_millis()),
         Command::Describe(d) => d.run(now_millis()),
+        Command::Apply(a) => a.run(),
+        Command::Diff(d) => d.run(),
+        Command::Delete(d) => d.run(),
+        Command::Approve(a) => a.run(),
+        Command::Rollout(r) => r.run(),
+        Command::Events(e) => e.run(),
+        Command::Logs(l) => l.run(),
     };
     match result.and_then(|out| emit(&out).map_err(CtlError::Write)) {
         Ok(()) => ExitCode::SUCCESS,

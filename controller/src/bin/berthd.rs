@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use berth_api::values::Duration as BerthDuration;
+use berth_controller::api::server::{self, ListenError, Token};
+use berth_controller::api::types::SourceError;
+use berth_controller::api::{App, Limits};
 use berth_controller::reconcile::Controller;
 use berth_controller::source;
 use berth_controller::store::Store;
@@ -30,6 +33,16 @@ struct Args {
     resync: BerthDuration,
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+    /// The API's unix socket (mode 0600). Default: <state>/berthd.sock.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Also serve the API on TCP at this address (such as 127.0.0.1:7543); needs
+    /// --token-file.
+    #[arg(long, value_name = "ADDR", requires = "token_file")]
+    listen: Option<String>,
+    /// A file holding the bearer token TCP clients must send (never on the command line).
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,6 +75,21 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> ExitCode {
+    // Checked before anything else: a TCP API without a token is refused at start.
+    let token = match (&args.listen, &args.token_file) {
+        (Some(_), Some(f)) => match Token::from_file(f) {
+            Ok(t) => Some(std::sync::Arc::new(t)),
+            Err(e) => {
+                error!("{e}; not starting");
+                return ExitCode::FAILURE;
+            }
+        },
+        (Some(_), None) => {
+            error!("{}; not starting", ListenError::NoToken);
+            return ExitCode::FAILURE;
+        }
+        (None, _) => None,
+    };
     let snapshot = match source::load(&args.manifests) {
         Ok(s) => s,
         Err(loaded) => {
@@ -92,13 +120,45 @@ async fn run(args: Args) -> ExitCode {
         snapshot.manifests.environments.len()
     );
     let resync: Duration = args.resync.0.max(Duration::from_secs(1));
+    let manifests_path = args.manifests.display().to_string();
+    let commit = snapshot.commit.clone();
     let ctl = Controller::new(store, snapshot, resync);
+    ctl.set_source(&manifests_path, Ok(commit.as_deref()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| args.state.join("berthd.sock"));
+    let app = App::new(ctl.clone(), Limits::default());
+    match server::bind_unix(&socket) {
+        Ok(l) => {
+            info!(socket = %socket.display(), "API listening on the unix socket");
+            tokio::spawn(server::serve_unix(l, app.clone(), stop_rx.clone()));
+        }
+        Err(e) => {
+            error!("{e}; not starting");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let (Some(addr), Some(token)) = (&args.listen, token) {
+        match server::bind_tcp(addr).await {
+            Ok(l) => {
+                info!(addr, "API listening on TCP (bearer token required)");
+                tokio::spawn(server::serve_tcp(l, app.clone(), token, stop_rx.clone()));
+            }
+            Err(e) => {
+                error!("{e}; not starting");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
 
     let _watch = if args.watch {
         match source::watch(&args.manifests, Duration::from_millis(200)) {
             Ok(w) => {
                 let ctl = ctl.clone();
                 let dir = args.manifests.clone();
+                let path = manifests_path.clone();
                 tokio::spawn(async move {
                     // Moved whole: the watcher inside must live as long as this task (a
                     // capture of `w.changes` alone would drop it and end the watch).
@@ -110,12 +170,22 @@ async fn run(args: Args) -> ExitCode {
                                     commit = s.commit.as_deref().unwrap_or("-"),
                                     "manifests reloaded"
                                 );
+                                ctl.set_source(&path, Ok(s.commit.as_deref()));
                                 ctl.set_desired(s);
                             }
                             Err(loaded) => {
                                 // Keep what runs: a broken edit is reported, not applied.
                                 let errors: Vec<String> =
                                     loaded.errors().map(|d| d.to_string()).collect();
+                                let commit = source::git_commit(&dir);
+                                ctl.set_source(
+                                    &path,
+                                    Err(SourceError {
+                                        errors: errors.clone(),
+                                        since: berth_controller::reconcile::now_millis(),
+                                        commit,
+                                    }),
+                                );
                                 warn!("manifests changed but are invalid; keeping the previous desired state:\n{}", errors.join("\n"));
                             }
                         }
@@ -132,7 +202,6 @@ async fn run(args: Args) -> ExitCode {
         None
     };
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -149,6 +218,7 @@ async fn run(args: Args) -> ExitCode {
         let _ = stop_tx.send(true);
     });
     ctl.run(stop_rx).await;
+    let _ = std::fs::remove_file(&socket);
     info!("stopped; the journal is resumable");
     ExitCode::SUCCESS
 }

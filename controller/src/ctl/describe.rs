@@ -113,7 +113,19 @@ pub fn environment(s: &EnvStatus, now: Millis) -> String {
         )
         .add("Message", st.message.clone())
         .add("Updated", when(now, st.updated_at))
+        .add(
+            "Pinned",
+            or_none(
+                st.pin
+                    .as_ref()
+                    .map(|p| format!("revision {} (rollout undo)", p.revision)),
+            ),
+        )
+        .add("Owner", owner_line(s))
         .render(&mut out);
+    if let Some(note) = s.owner.as_ref().and_then(|o| o.note.as_ref()) {
+        let _ = writeln!(out, "Source:     {note}");
+    }
 
     out.push('\n');
     match &s.operation {
@@ -178,6 +190,32 @@ pub fn environment(s: &EnvStatus, now: Millis) -> String {
         t
     });
     out
+}
+
+/// Who owns the desired state: `directory (manifests/env.yaml:3, commit abc+dirty)`.
+fn owner_line(s: &EnvStatus) -> String {
+    let Some(o) = &s.owner else {
+        return "unknown (read from status files: berthd is not running)".into();
+    };
+    let mut parts = Vec::new();
+    if let Some(f) = &o.file {
+        parts.push(f.clone());
+    }
+    if let Some(c) = &o.commit {
+        parts.push(format!(
+            "commit {}{}",
+            short(c, 12),
+            if o.dirty { " (dirty tree)" } else { "" }
+        ));
+    }
+    if let Some(f) = &o.took_over_from {
+        parts.push(format!("taken over from {f}"));
+    }
+    if parts.is_empty() {
+        o.by.clone()
+    } else {
+        format!("{} ({})", o.by, parts.join(", "))
+    }
 }
 
 fn section(out: &mut String, title: &str, table: Table) {

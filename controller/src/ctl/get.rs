@@ -9,8 +9,8 @@ use super::state::{phase, StateArgs};
 use super::view;
 use super::CtlError;
 use crate::op::Millis;
-use crate::reconcile::host_status::{self, HostPhase, HostStatus};
-use crate::reconcile::status::{status_dir, EnvStatus};
+use crate::reconcile::host_status::{HostPhase, HostStatus};
+use crate::reconcile::status::EnvStatus;
 use crate::store::BackupRecord;
 
 /// How wide the MESSAGE column may get before it is cut.
@@ -36,6 +36,17 @@ pub enum Get {
         /// Only the backups of these environments.
         #[arg(value_name = "ENVIRONMENT")]
         names: Vec<String>,
+        #[command(flatten)]
+        state: StateArgs,
+        /// How to print the records.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Output,
+    },
+    /// The revisions of one environment (the serving one marked), newest last.
+    #[command(visible_alias = "revision")]
+    Revisions {
+        /// The environment.
+        name: String,
         #[command(flatten)]
         state: StateArgs,
         /// How to print the records.
@@ -99,6 +110,18 @@ impl Get {
                 let views: Vec<_> = backups.iter().map(view::backup).collect();
                 render(output, &views, || backups_table(&backups, now))
             }
+            Get::Revisions {
+                name,
+                state,
+                output,
+            } => {
+                let found = state.select(std::slice::from_ref(&name))?;
+                let Some(s) = found.first() else {
+                    return Ok(String::new());
+                };
+                let views = view::environment(s).revisions;
+                render(output, &views, || revisions_table(s))
+            }
             Get::Hosts {
                 file,
                 state,
@@ -114,11 +137,7 @@ impl Get {
                     return Err(CtlError::InvalidManifests { path: file, errors });
                 }
                 let m = &loaded.manifests;
-                let statuses =
-                    host_status::read(&state.state).map_err(|source| CtlError::ReadStatus {
-                        status_dir: status_dir(&state.state),
-                        source,
-                    })?;
+                let statuses = state.host_statuses()?;
                 match statuses {
                     None => {
                         let hosts: Vec<_> = m.hosts.values().collect();
@@ -148,6 +167,26 @@ pub fn environments_table(envs: &[EnvStatus], now: Millis) -> String {
             phase(s),
             age(now, s.state.updated_at),
             truncate(&output::one_line(&s.state.message), MESSAGE_WIDTH),
+        ]);
+    }
+    t.render()
+}
+
+/// REVISION (the serving one marked), IMAGE, HASH, COMMIT, CREATED.
+fn revisions_table(s: &EnvStatus) -> String {
+    let mut t = Table::new(["REVISION", "IMAGE", "HASH", "COMMIT", "CREATED"]);
+    for r in &s.revisions {
+        let mark = if s.state.current == Some(r.revision) {
+            " (current)"
+        } else {
+            ""
+        };
+        t.row([
+            format!("{}{mark}", r.revision),
+            r.image.clone(),
+            short(&r.template_hash, 12).to_owned(),
+            or_none(r.commit.as_deref().map(|c| short(c, 12))),
+            output::utc(r.created_at),
         ]);
     }
     t.render()

@@ -5,6 +5,12 @@
 //! - [`validate`]: `berthctl validate -f PATH` (manifests, all errors at once).
 //! - [`get`]: `berthctl get environments|backups|hosts` — tables, or `-o json|yaml`.
 //! - [`describe`]: `berthctl describe environment NAME` — everything known, in sections.
+//! - [`client`]: berthd's API on its unix socket (found by `--socket`, `$BERTH_SOCKET`
+//!   or the state directory).
+//! - [`rollout`]: `approve` and `rollout status|history|undo|pause|resume|retry|abort`.
+//! - [`apply`]: `apply`, `diff`, `delete` (environments the journal owns).
+//! - [`events`]: `events [-w]` and `logs`.
+//! - [`progress`]: following an operation to its outcome (`-w`, `--wait`).
 //! - [`state`]: reading the status files berthd writes (`<state>/status/<env>.json`,
 //!   see [`crate::reconcile::status`]) and what they mean for humans (the phase).
 //! - [`output`]: `-o table|json|yaml`, aligned tables, times and sizes for humans.
@@ -13,12 +19,17 @@
 //! Every `run` returns text for stdout (printed by the binary) or a [`CtlError`], whose
 //! [`CtlError::exit_code`] is what berthctl exits with: 1 for errors, 2 for usage.
 //! berthd holds the journal's lock while it runs, so nothing here opens the
-//! [`Store`](crate::store::Store): status comes from the files berthd writes after each
-//! reconcile.
+//! [`Store`](crate::store::Store): status comes from berthd's API, or, when berthd is not
+//! running, from the status files it wrote last (`get`, `describe`).
 
+pub mod apply;
+pub mod client;
 pub mod describe;
+pub mod events;
 pub mod get;
 pub mod output;
+pub mod progress;
+pub mod rollout;
 pub mod state;
 pub mod validate;
 pub mod view;
@@ -67,13 +78,43 @@ pub enum CtlError {
         format: &'static str,
         message: String,
     },
+    /// Nothing answers on berthd's socket (exit 3).
+    #[error(
+        "berthd is unreachable on {}: {source} (start berthd, or name its socket with --socket or $BERTH_SOCKET)",
+        .socket.display()
+    )]
+    Unreachable {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+    /// berthd's answer was cut or garbled (exit 3).
+    #[error("talking to berthd: {0}")]
+    Transport(String),
+    /// berthd refused the request.
+    #[error("{error}{}", .field.as_ref().map(|f| format!(" (field {f})")).unwrap_or_default())]
+    Api {
+        status: u16,
+        error: String,
+        field: Option<String>,
+    },
+    /// A watched rollout failed or rolled back (exit 1); the outcome was printed.
+    #[error("{0}")]
+    RolloutFailed(String),
+    /// Waiting ended before the outcome (exit 4).
+    #[error("timed out after {0:?} waiting for the outcome")]
+    TimedOut(std::time::Duration),
+    /// A command line that does not make sense (exit 2).
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl CtlError {
     /// What berthctl exits with: 2 for usage errors (as clap does), 1 for the rest.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CtlError::NoSuchPath(_) => 2,
+            CtlError::NoSuchPath(_) | CtlError::Usage(_) => 2,
+            CtlError::Unreachable { .. } | CtlError::Transport(_) => 3,
+            CtlError::TimedOut(_) => 4,
             _ => 1,
         }
     }

@@ -5,19 +5,59 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::client::{Client, Connect};
 use super::CtlError;
 use crate::op::Step;
+use crate::reconcile::host_status::{self, HostStatus};
 use crate::reconcile::status::{self, EnvStatus, OpStatus, StepLine};
 
-/// `--state DIR`: berthd's state directory, whose `status/` berthctl reads.
+/// `--state DIR` and `--socket PATH`: where berthd is. berthctl asks berthd's API; when
+/// nothing answers on the socket, it reads the status files berthd wrote last.
 #[derive(Args, Clone, Debug)]
 pub struct StateArgs {
-    /// berthd's state directory (berthd --state), where it writes `status/<env>.json`.
+    /// berthd's state directory (berthd --state): its socket is <state>/berthd.sock, and
+    /// its last status files are under <state>/status/.
     #[arg(long, value_name = "DIR", default_value = ".berth")]
     pub state: PathBuf,
+    /// berthd's API socket. Default: $BERTH_SOCKET, else <state>/berthd.sock.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
 }
 
 impl StateArgs {
+    /// A client of the berthd these arguments name.
+    pub fn client(&self) -> Client {
+        Connect {
+            socket: self.socket.clone(),
+        }
+        .client(&self.state)
+    }
+
+    /// Every environment's status from berthd's API, `None` when berthd does not answer.
+    fn ask_berthd(&self) -> Result<Option<Vec<EnvStatus>>, CtlError> {
+        let client = self.client();
+        if !client.reachable() {
+            return Ok(None);
+        }
+        client.get("/v1/environments").map(Some)
+    }
+
+    /// The hosts' statuses from berthd's API, else from its last status file; `None`
+    /// when berthd has never written one.
+    ///
+    /// # Errors
+    /// [`CtlError::ReadStatus`] for a file that cannot be read; the client's.
+    pub fn host_statuses(&self) -> Result<Option<Vec<HostStatus>>, CtlError> {
+        let client = self.client();
+        if client.reachable() {
+            return client.get("/v1/hosts").map(Some);
+        }
+        host_status::read(&self.state).map_err(|source| CtlError::ReadStatus {
+            status_dir: status::status_dir(&self.state),
+            source,
+        })
+    }
+
     /// Every environment's status, sorted by name.
     ///
     /// # Errors
@@ -25,6 +65,9 @@ impl StateArgs {
     /// with this state directory); [`CtlError::ReadStatus`] for a file that cannot be
     /// read or parsed.
     pub fn load(&self) -> Result<Vec<EnvStatus>, CtlError> {
+        if let Some(all) = self.ask_berthd()? {
+            return Ok(all);
+        }
         let status_dir = status::status_dir(&self.state);
         if !status_dir.is_dir() {
             return Err(CtlError::NoStatus {
@@ -159,12 +202,17 @@ mod tests {
             revisions: vec![],
             backups: vec![],
             events: vec![],
+            owner: None,
+            in_sync: None,
+            desired_hash: None,
         }
     }
 
     fn op(phase: &str, outcome: Option<Outcome>, steps: Vec<StepLine>) -> OpStatus {
         OpStatus {
             id: "01TEST".into(),
+            kind: "Rollout".into(),
+            created_at: 0,
             from: Some(1),
             to: 2,
             reason: "image".into(),

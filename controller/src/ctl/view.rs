@@ -44,6 +44,13 @@ pub struct EnvironmentView<'a> {
     pub revisions: Vec<RevisionView<'a>>,
     pub backups: Vec<BackupView<'a>>,
     pub events: Vec<EventView<'a>>,
+    /// Who owns the desired state (`directory`, `apply`, `none`) and that source's health;
+    /// absent when read from status files (berthd not running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<&'a crate::api::types::Owner>,
+    /// The desired revision serves and nothing runs; absent from status files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_sync: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -54,6 +61,9 @@ pub struct StateView<'a> {
     pub failed: Option<FailedView<'a>>,
     pub paused: bool,
     pub approved_hash: Option<&'a str>,
+    /// The revision `rollout undo` holds the environment at, while the manifest asks for
+    /// what it asked then.
+    pub pinned_revision: Option<u64>,
     pub commit: Option<&'a str>,
     pub message: &'a str,
     pub updated_at: Option<Time>,
@@ -71,6 +81,9 @@ pub struct FailedView<'a> {
 #[serde(rename_all = "camelCase")]
 pub struct OperationView<'a> {
     pub id: &'a str,
+    /// `Rollout` or `Undo`.
+    pub kind: &'a str,
+    pub created_at: Option<Time>,
     pub from: Option<u64>,
     pub to: u64,
     pub reason: &'a str,
@@ -176,6 +189,7 @@ pub fn environment(s: &EnvStatus) -> EnvironmentView<'_> {
             }),
             paused: st.paused,
             approved_hash: st.approved_hash.as_deref(),
+            pinned_revision: st.pin.as_ref().map(|p| p.revision),
             commit: st.commit.as_deref(),
             message: &st.message,
             updated_at: Time::known(st.updated_at),
@@ -184,12 +198,16 @@ pub fn environment(s: &EnvStatus) -> EnvironmentView<'_> {
         revisions: s.revisions.iter().map(revision).collect(),
         backups: s.backups.iter().map(backup).collect(),
         events: s.events.iter().map(event).collect(),
+        owner: s.owner.as_ref(),
+        in_sync: s.in_sync,
     }
 }
 
-fn operation(op: &OpStatus) -> OperationView<'_> {
+pub fn operation(op: &OpStatus) -> OperationView<'_> {
     OperationView {
         id: &op.id,
+        kind: &op.kind,
+        created_at: Time::known(op.created_at),
         from: op.from,
         to: op.to,
         reason: &op.reason,
@@ -281,7 +299,7 @@ pub fn backup(b: &BackupRecord) -> BackupView<'_> {
     }
 }
 
-fn event(e: &EventRecord) -> EventView<'_> {
+pub fn event(e: &EventRecord) -> EventView<'_> {
     EventView {
         seq: e.seq,
         at: Time::known(e.at),

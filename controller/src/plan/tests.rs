@@ -1183,3 +1183,130 @@ fn preflight_waits_for_dependencies_then_refuses_what_cannot_be_done() {
         "{gate:?}"
     );
 }
+
+// ---- Operator verbs: undo (pin) and abort ------------------------------------------
+
+/// Revisions 1 and 2 known, revision `current` serving, held at 1 by an undo made while
+/// the manifest asked for revision 2 ("hash2").
+fn pinned_at_1(current: Revision) -> Journal {
+    let mut j = journal_at(Some(2));
+    j.current = Some((current, format!("hash{current}")));
+    j.pin = Some(Pin {
+        revision: 1,
+        hash: "hash1".into(),
+        asked_hash: "hash2".into(),
+        spec: spec_with(&format!("{BLUEGREEN_BC}  approval: Required\n"), 2),
+    });
+    j
+}
+
+#[test]
+fn an_undo_rolls_back_to_the_pinned_revision_without_approval_or_migration() {
+    let s = spec();
+    let a = plan(
+        "web",
+        &s,
+        "hash2",
+        &observed(running_ready(2, 2), Some(vec![port(2, 0), port(2, 1)])),
+        &pinned_at_1(2),
+        0,
+    );
+    let Action::Begin(new) = a else {
+        panic!("expected an undo to begin, got {a:?}");
+    };
+    assert_eq!((new.kind, new.from, new.to), (OpKind::Undo, Some(2), 1));
+    assert!(!new.new_revision);
+    assert!(!new.steps.contains(&Step::AwaitApproval), "{:?}", new.steps);
+    assert!(!new.steps.contains(&Step::Migrate), "{:?}", new.steps);
+    assert_eq!(new.template_hash, "hash1");
+}
+
+#[test]
+fn a_pinned_environment_stays_on_its_revision_while_the_manifest_asks_for_another() {
+    let s = spec();
+    let a = plan(
+        "web",
+        &s,
+        "hash2",
+        &observed(running_ready(1, 2), Some(vec![port(1, 0), port(1, 1)])),
+        &pinned_at_1(1),
+        0,
+    );
+    let Action::Idle { message, .. } = a else {
+        panic!("expected idle, got {a:?}");
+    };
+    assert!(
+        message.starts_with("pinned to revision 1 by undo; the manifest asks for revision 2"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_changed_template_ends_the_pin_and_rolls_out_the_manifest() {
+    let s = spec();
+    let a = plan(
+        "web",
+        &s,
+        "hash3",
+        &observed(running_ready(1, 2), Some(vec![port(1, 0), port(1, 1)])),
+        &pinned_at_1(1),
+        0,
+    );
+    let Action::Begin(new) = a else {
+        panic!("expected a rollout, got {a:?}");
+    };
+    assert_eq!((new.kind, new.from, new.to), (OpKind::Rollout, Some(1), 3));
+}
+
+#[test]
+fn an_abort_rolls_the_forward_phase_back_at_once_even_while_paused() {
+    let s = spec();
+    let op = operation(&s, Some(1), 2, log_until(&s, Some(1), Step::WaitReady, 0));
+    let mut j = with_op(op, Some(1));
+    j.abort = true;
+    j.paused = true;
+    let a = plan(
+        "web",
+        &s,
+        "hash2",
+        &observed(running_ready(1, 2), Some(vec![port(1, 0), port(1, 1)])),
+        &j,
+        1000,
+    );
+    let Action::BeginRollback { reason, steps } = a else {
+        panic!("expected a rollback, got {a:?}");
+    };
+    assert!(reason.contains("aborted"), "{reason}");
+    assert_eq!(steps, [Step::StopCandidate]);
+}
+
+#[test]
+fn a_paused_rollout_waits_before_its_next_step_and_a_running_one_goes_on() {
+    let s = spec();
+    let mut log = log_until(&s, Some(1), Step::StartCandidate, 0);
+    let i = index_of(&s, Some(1), Step::StartCandidate);
+    log.push((
+        0,
+        Entry::Succeeded {
+            phase: Phase::Forward,
+            index: i,
+            output: StepOutput::None,
+        },
+    ));
+    let op = operation(&s, Some(1), 2, log);
+    let mut j = with_op(op, Some(1));
+    j.paused = true;
+    let containers = [running_ready(1, 2), running_ready(2, 2)].concat();
+    let a = plan(
+        "web",
+        &s,
+        "hash2",
+        &observed(containers, Some(vec![port(1, 0), port(1, 1)])),
+        &j,
+        0,
+    );
+    assert!(
+        matches!(&a, Action::Wait { message, .. } if message == "paused before WaitReady"),
+        "{a:?}"
+    );
+}

@@ -47,7 +47,7 @@ struct View {
 }
 
 impl View {
-    fn load(store: &Store, env: &str) -> Result<View, ReconcileError> {
+    fn load(store: &Store, env: &str, manifest: &EnvironmentSpec) -> Result<View, ReconcileError> {
         let state = store.env_state(env)?;
         let active = store.active_operation(env)?;
         let records = store.revisions(env)?;
@@ -69,6 +69,19 @@ impl View {
                 .map(|f| (f.template_hash.clone(), f.reason.clone())),
             paused: state.paused,
             approved_hash: state.approved_hash.clone(),
+            abort: active
+                .as_ref()
+                .is_some_and(|op| state.abort_op.as_deref() == Some(op.id.as_str())),
+            pin: state.pin.as_ref().and_then(|p| {
+                let rec = records.iter().find(|r| r.revision == p.revision)?;
+                Some(plan::Pin {
+                    revision: p.revision,
+                    hash: rec.template_hash.clone(),
+                    asked_hash: p.asked_hash.clone(),
+                    spec: serde_json::from_value(rec.spec.clone())
+                        .unwrap_or_else(|_| manifest.clone()),
+                })
+            }),
             active: active.clone(),
         };
         let status = active.as_ref().and_then(|op| op.status().ok());
@@ -138,8 +151,9 @@ pub(super) async fn reconcile_env(
         )
         .await?,
     );
+    release_stale_pin(ctl, t.env, &desired_hash)?;
     for _ in 0..BURST {
-        let view = View::load(&ctl.store, t.env)?;
+        let view = View::load(&ctl.store, t.env, t.manifest)?;
         let spec = view.spec(t.manifest);
         let observed = observe(t.conn, t.env, &spec, &redactor).await?;
         let now = now_millis();
@@ -230,6 +244,31 @@ pub(super) async fn reconcile_env(
     Ok(Duration::ZERO)
 }
 
+/// An undo holds only while the manifest asks for what it asked then: once the template
+/// changes, the pin goes (and an event says so), so a later revert cannot revive it.
+fn release_stale_pin(
+    ctl: &Controller,
+    env: &str,
+    desired_hash: &str,
+) -> Result<(), ReconcileError> {
+    let state = ctl.store.env_state(env)?;
+    let Some(pin) = state.pin.filter(|p| p.asked_hash != desired_hash) else {
+        return Ok(());
+    };
+    ctl.store.update_env_state(env, |s| s.pin = None)?;
+    ctl.event(
+        env,
+        EventKind::Normal,
+        "PinReleased",
+        format!(
+            "the spec changed: no longer held at revision {} (undo)",
+            pin.revision
+        ),
+        None,
+    );
+    Ok(())
+}
+
 /// Shows `message` (and the manifests' commit) in the environment's status, if new.
 fn show(
     ctl: &Controller,
@@ -290,7 +329,9 @@ async fn begin(
     let facts = preflight::gather(ctl, t, &new.steps).await;
     let gate = plan::preflight(t.manifest, &new.steps, &facts);
     let (message, recheck) = match &gate {
-        Gate::Go => return start(ctl, t, desired_template, new).map(|()| Some(Duration::ZERO)),
+        Gate::Go => {
+            return start(ctl, t, view, desired_template, new).map(|()| Some(Duration::ZERO))
+        }
         Gate::Wait { message } => (message.clone(), DEPENDENCY_RECHECK),
         Gate::Refuse { reasons } => {
             let message = cx.redactor.redact(&format!(
@@ -323,11 +364,17 @@ async fn begin(
 fn start(
     ctl: &Controller,
     t: &Target<'_>,
+    view: &View,
     desired_template: &Template,
     new: NewOperation,
 ) -> Result<(), ReconcileError> {
     let now = now_millis();
-    let spec = serde_json::to_value(t.manifest).unwrap_or_default();
+    // An undo runs its revision's recorded spec; a rollout the manifest's.
+    let spec = match (&new.kind, &view.journal.pin) {
+        (OpKind::Undo, Some(pin)) => serde_json::to_value(plan::undo_spec(&pin.spec)),
+        _ => serde_json::to_value(t.manifest),
+    }
+    .unwrap_or_default();
     if new.new_revision {
         ctl.store.put_revision(&RevisionRecord {
             env: t.env.to_owned(),
@@ -345,7 +392,7 @@ fn start(
     let op = Operation {
         id: ulid::Ulid::new().to_string(),
         env: t.env.to_owned(),
-        kind: OpKind::Rollout,
+        kind: new.kind,
         from: new.from,
         to: new.to,
         reason: new.reason.clone(),
@@ -356,10 +403,14 @@ fn start(
     };
     ctl.store.begin(&op)?;
     let steps: Vec<&str> = new.steps.iter().map(|s| s.name()).collect();
+    let started = match new.kind {
+        OpKind::Rollout => "RolloutStarted",
+        OpKind::Undo => "UndoStarted",
+    };
     ctl.event(
         t.env,
         EventKind::Normal,
-        "RolloutStarted",
+        started,
         format!("{}: {}", new.reason, steps.join(" → ")),
         Some(op.id),
     );

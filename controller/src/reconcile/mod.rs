@@ -19,6 +19,7 @@ mod act;
 mod files;
 pub mod host_status;
 mod hosts;
+mod inspect;
 mod observe;
 mod preflight;
 pub mod queue;
@@ -39,7 +40,7 @@ use crate::host::{Host, HostError};
 use crate::source::Snapshot;
 use crate::store::{EventKind, NewEvent, Store, StoreError};
 
-use act::now_millis;
+pub use act::now_millis;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -72,6 +73,43 @@ impl From<hosts::Unavailable> for ReconcileError {
     }
 }
 
+/// The directory's snapshot with the applied environments over it: an applied record
+/// owns its environment (it was applied where the directory had none, or took it over
+/// with `--force`). An unreadable journal leaves the directory's state alone.
+fn merge_applied(store: &Store, directory: &Snapshot) -> Snapshot {
+    let applied = match store.applied() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!("cannot read the applied environments: {e}");
+            return directory.clone();
+        }
+    };
+    if applied.is_empty() {
+        return directory.clone();
+    }
+    let mut manifests = (*directory.manifests).clone();
+    for rec in applied {
+        let mut res = rec.resource;
+        res.origin = berth_api::resource::Origin {
+            file: std::path::PathBuf::from(format!("apply:{}", rec.source)),
+            line: 1,
+        };
+        manifests
+            .environments
+            .insert(res.metadata.name.clone(), res);
+    }
+    Snapshot {
+        manifests: Arc::new(manifests),
+        commit: directory.commit.clone(),
+    }
+}
+
+/// Whether the environment's desired state comes from `berthctl apply` (see
+/// [`merge_applied`]) rather than the directory.
+pub fn is_applied(res: &berth_api::Environment) -> bool {
+    res.origin.file.to_string_lossy().starts_with("apply:")
+}
+
 /// A connected host, with the probe monitor watching its containers.
 #[derive(Clone)]
 struct Connected {
@@ -82,7 +120,10 @@ struct Connected {
 
 pub struct Controller {
     store: Store,
+    /// What is reconciled: the directory's snapshot with the applied environments over it.
     desired: RwLock<Snapshot>,
+    /// The directory's last valid snapshot, as loaded.
+    directory: RwLock<Snapshot>,
     hosts: Arc<hosts::HostTable>,
     host_wake_rx: Mutex<Option<mpsc::UnboundedReceiver<hosts::Wake>>>,
     queue: queue::Queue<String>,
@@ -91,7 +132,12 @@ pub struct Controller {
     files: Mutex<files::FileWatch>,
     files_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     resync: Duration,
+    /// The manifest directory's health, for the API.
+    source: RwLock<crate::api::types::SourceHealth>,
+    metrics: inspect::LoopMetrics,
 }
+
+pub use inspect::LoopMetrics;
 
 impl Controller {
     pub fn new(store: Store, desired: Snapshot, resync: Duration) -> Arc<Controller> {
@@ -107,9 +153,11 @@ impl Controller {
         let (flips, flips_rx) = mpsc::unbounded_channel();
         let (files_tx, files_rx) = mpsc::unbounded_channel();
         let (wake, wake_rx) = mpsc::unbounded_channel();
+        let merged = merge_applied(&store, &desired);
         Arc::new(Controller {
             store,
-            desired: RwLock::new(desired),
+            desired: RwLock::new(merged),
+            directory: RwLock::new(desired),
             hosts: hosts::HostTable::new(connector, flips, wake),
             host_wake_rx: Mutex::new(Some(wake_rx)),
             queue: queue::Queue::default(),
@@ -118,6 +166,8 @@ impl Controller {
             files: Mutex::new(files::FileWatch::new(files_tx)),
             files_rx: Mutex::new(Some(files_rx)),
             resync,
+            source: RwLock::default(),
+            metrics: inspect::LoopMetrics::default(),
         })
     }
 
@@ -132,12 +182,28 @@ impl Controller {
             .clone()
     }
 
-    /// Replaces the desired state (a valid reload) and enqueues every environment. Hosts
-    /// whose spec changed reconnect. Must be called inside the runtime.
+    /// The directory's last valid snapshot (without the applied environments).
+    pub fn directory(&self) -> Snapshot {
+        self.directory
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the directory's desired state (a valid reload) and enqueues every
+    /// environment. Hosts whose spec changed reconnect. Must be called inside the runtime.
     pub fn set_desired(&self, snapshot: Snapshot) {
-        let names: Vec<String> = snapshot.manifests.environments.keys().cloned().collect();
-        self.sync_hosts(&snapshot);
-        *self.desired.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        *self.directory.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        self.refresh_desired();
+    }
+
+    /// Recomputes the desired state from the directory and the applied environments (after
+    /// a reload or an apply) and enqueues every environment.
+    pub fn refresh_desired(&self) {
+        let merged = merge_applied(&self.store, &self.directory());
+        let names: Vec<String> = merged.manifests.environments.keys().cloned().collect();
+        self.sync_hosts(&merged);
+        *self.desired.write().unwrap_or_else(|p| p.into_inner()) = merged;
         for n in names {
             self.queue.schedule_now(n);
         }
@@ -371,7 +437,11 @@ impl Controller {
     /// Reconciles one environment; returns when to look at it again. Errors are recorded
     /// and turned into a backoff, never returned.
     async fn reconcile(self: &Arc<Self>, env: &str) -> Duration {
+        let began = std::time::Instant::now();
         let next = self.reconcile_outcome(env).await;
+        self.metrics
+            .reconcile_seconds
+            .observe(began.elapsed().as_secs_f64());
         // Off the runtime's workers: a slow disk must not freeze probes and the queue.
         let (store, name) = (self.store.clone(), env.to_owned());
         match tokio::task::spawn_blocking(move || status::write(&store, &name)).await {
@@ -445,7 +515,12 @@ impl Controller {
             env,
             manifest: spec,
             host_spec: &host_res.spec,
-            commit: snapshot.commit.as_deref(),
+            // An applied environment reflects no commit of the directory.
+            commit: if is_applied(resource) {
+                None
+            } else {
+                snapshot.commit.as_deref()
+            },
         };
         act::reconcile_env(self, &target).await
     }

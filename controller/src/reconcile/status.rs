@@ -18,6 +18,16 @@ pub struct EnvStatus {
     pub revisions: Vec<RevisionLine>,
     pub backups: Vec<BackupRecord>,
     pub events: Vec<EventRecord>,
+    /// Who owns its desired state (served by the API; absent from status files).
+    #[serde(default)]
+    pub owner: Option<crate::api::types::Owner>,
+    /// Whether the serving revision is what is desired (the manifest's template, or the
+    /// revision an undo holds): served by the API, absent from status files.
+    #[serde(default)]
+    pub in_sync: Option<bool>,
+    /// The template hash that is desired (the manifest's, or the held revision's).
+    #[serde(default)]
+    pub desired_hash: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -35,6 +45,11 @@ pub struct RevisionLine {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OpStatus {
     pub id: String,
+    /// `Rollout` or `Undo`.
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub created_at: Millis,
     pub from: Option<u64>,
     pub to: u64,
     pub reason: String,
@@ -148,12 +163,15 @@ fn step_lines(steps: &[(crate::op::Step, StepState)]) -> Vec<StepLine> {
         .collect()
 }
 
-fn op_status(op: &Operation) -> Option<OpStatus> {
+/// An operation as data, `None` when its log does not replay.
+pub fn op_status(op: &Operation) -> Option<OpStatus> {
     let st = op.status().ok()?;
     let mut steps = step_lines(&st.steps);
     steps.extend(step_lines(&st.forward));
     Some(OpStatus {
         id: op.id.clone(),
+        kind: format!("{:?}", op.kind),
+        created_at: op.created_at,
         from: op.from,
         to: op.to,
         reason: op.reason.clone(),
@@ -194,6 +212,9 @@ pub fn collect(store: &Store, env: &str) -> Result<EnvStatus, StoreError> {
         revisions,
         backups: store.backups(env)?,
         events,
+        owner: None,
+        in_sync: None,
+        desired_hash: None,
     })
 }
 

@@ -14,6 +14,7 @@
 //! | `backups`       | `env \0 backup-ulid`             | [`BackupRecord`]        |
 //! | `backup_ids`    | `backup-ulid`                    | env (index for by-id)   |
 //! | `events`        | seq, u64 big-endian              | [`EventRecord`]         |
+//! | `applied`       | env                              | [`AppliedRecord`]       |
 //!
 //! # Guarantees
 //! - Every write that can precede a side effect (operations, environment state,
@@ -32,6 +33,7 @@
 //! async callers stall only themselves. Callers may also use `spawn_blocking` for bursts. A sled database is locked by its process: open one
 //! [`Store`] per state directory and clone it (clones share everything).
 
+mod applied;
 mod error;
 mod events;
 mod records;
@@ -54,10 +56,12 @@ use tokio::sync::watch;
 use crate::model::Revision;
 use crate::op::{Entry, Event, Operation};
 
+pub use applied::{AppliedRecord, TakeOver};
 pub use error::StoreError;
 pub use events::Subscription;
 pub use records::{
-    BackupRecord, EnvState, EventKind, EventRecord, FailedTemplate, NewEvent, RevisionRecord,
+    BackupRecord, EnvState, EventKind, EventRecord, FailedTemplate, NewEvent, PinRecord,
+    RevisionRecord,
 };
 pub use recover::Repair;
 
@@ -77,6 +81,7 @@ const REVISION_MAX: &str = "revision_max";
 const BACKUPS: &str = "backups";
 const BACKUP_IDS: &str = "backup_ids";
 const EVENTS: &str = "events";
+const APPLIED: &str = "applied";
 
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -108,6 +113,7 @@ struct Trees {
     backups: Tree,
     backup_ids: Tree,
     events: Tree,
+    applied: Tree,
 }
 
 struct Inner {
@@ -182,6 +188,7 @@ impl Store {
             backups: tree(BACKUPS)?,
             backup_ids: tree(BACKUP_IDS)?,
             events: tree(EVENTS)?,
+            applied: tree(APPLIED)?,
             db: db.clone(),
         };
         let recovered = recover::check_and_repair(&t)?;

@@ -35,6 +35,11 @@ pub struct EnvState {
     pub paused: bool,
     /// The template hash `berthctl approve` approved (approval: Required).
     pub approved_hash: Option<String>,
+    /// `berthctl rollout abort`: the operation to roll back at once (ignored once it is
+    /// not the active one).
+    pub abort_op: Option<OpId>,
+    /// `berthctl rollout undo`: the revision the environment is held at.
+    pub pin: Option<PinRecord>,
     /// The git commit of the manifests this state reflects.
     pub commit: Option<String>,
     /// One line for humans: "rolled out revision 4", "waiting for approval".
@@ -42,6 +47,15 @@ pub struct EnvState {
     /// When this record last changed, as given by the writer: the operation's
     /// `created_at` for `begin`, the event's `at` for `Finished`, the caller's otherwise.
     pub updated_at: Millis,
+}
+
+/// An undo's hold on an environment (see `plan::Pin`): revision `revision` serves while
+/// the manifest's template hash stays `asked_hash`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinRecord {
+    pub revision: Revision,
+    pub asked_hash: String,
+    pub at: Millis,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
