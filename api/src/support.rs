@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::environment::{Approval, EnvironmentSpec, PortRef, StrategyType, Traffic};
+use crate::environment::{EnvironmentSpec, PortRef, StrategyType, Traffic};
 use crate::host::HostSpec;
 use crate::values::Address;
 
@@ -43,12 +43,6 @@ const NOTIFY: Unsupported = Unsupported {
 const CANARY: Unsupported = Unsupported {
     path: "spec.strategy.type",
     message: "not supported yet: Canary runs as BlueGreen — the whole switch happens at once after the checks; steps are ignored",
-    effect: Effect::Differs,
-};
-
-const APPROVAL: Unsupported = Unsupported {
-    path: "spec.approval",
-    message: "waits for `berthctl approve`, which is not built yet; remove `approval: Required` from the manifest to release a waiting rollout",
     effect: Effect::Differs,
 };
 
@@ -91,10 +85,6 @@ pub fn unsupported(env: &EnvironmentSpec) -> Vec<Unsupported> {
     match env.strategy.kind {
         StrategyType::Canary => out.push(CANARY),
         StrategyType::Recreate | StrategyType::BlueGreen => {}
-    }
-    match env.approval {
-        Approval::Required => out.push(APPROVAL),
-        Approval::Automatic => {}
     }
     let n = &env.notify;
     if !(n.success.is_empty() && n.failure.is_empty() && n.rollback.is_empty()) {
@@ -143,14 +133,13 @@ mod tests {
     }
 
     #[test]
-    fn haproxy_is_refused_and_the_rest_runs_differently() {
+    fn haproxy_is_refused_and_the_rest_runs_differently_while_approval_is_supported() {
         let spec = env("  traffic: {haproxy: {socket: /s.sock, backend: web}}\n  strategy: {type: Canary, steps: [{weight: 50}]}\n  approval: Required\n  notify: {rollback: [http://127.0.0.1:9/x]}\n");
         assert_eq!(
             paths(&spec),
             [
                 ("spec.traffic.haproxy", Effect::Refused),
                 ("spec.strategy.type", Effect::Differs),
-                ("spec.approval", Effect::Differs),
                 ("spec.notify", Effect::Differs),
             ]
         );

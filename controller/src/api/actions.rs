@@ -41,12 +41,12 @@ fn done(ctl: &Controller, env: &str, reason: &str, message: &str, op: Option<&Op
 }
 
 /// `approve`: releases the rollout waiting for approval (its target revision's template).
+/// Right after an `apply`, before the loop has begun that rollout, the desired template
+/// is approved ahead, so `apply` then `approve` never races the loop.
 pub fn approve(ctl: &Controller, env: &str, req: ApproveRequest) -> Result<ActionReply, ApiError> {
-    let (_, active) = load(ctl, env)?;
+    let (state, active) = load(ctl, env)?;
     let Some(op) = active.filter(waits_for_approval) else {
-        return Err(ApiError::conflict(format!(
-            "{env}: no rollout is waiting for approval"
-        )));
+        return approve_ahead(ctl, env, &state, req);
     };
     if let Some(rev) = req.revision.filter(|r| *r != op.to) {
         return Err(ApiError::conflict(format!(
@@ -65,6 +65,53 @@ pub fn approve(ctl: &Controller, env: &str, req: ApproveRequest) -> Result<Actio
     let message = format!("approved revision {}", op.to);
     done(ctl, env, "Approved", &message, Some(&op));
     Ok(reply(env, message, Some(&op)))
+}
+
+/// Approves the desired template before its rollout has begun, when it is not serving and
+/// needs approval; refused otherwise (nothing to approve).
+fn approve_ahead(
+    ctl: &Controller,
+    env: &str,
+    state: &EnvState,
+    req: ApproveRequest,
+) -> Result<ActionReply, ApiError> {
+    let nothing = || ApiError::conflict(format!("{env}: no rollout is waiting for approval"));
+    let snapshot = ctl.snapshot();
+    let spec = &snapshot
+        .manifests
+        .environments
+        .get(env)
+        .ok_or_else(nothing)?
+        .spec;
+    if spec.approval != berth_api::environment::Approval::Required {
+        return Err(nothing());
+    }
+    let hash = Template::of(spec).hash();
+    let revisions = ctl.store().revisions(env)?;
+    let serving = state
+        .current
+        .and_then(|c| revisions.iter().find(|r| r.revision == c))
+        .map(|r| r.template_hash.as_str());
+    if serving == Some(hash.as_str()) {
+        return Err(nothing());
+    }
+    let known = revisions
+        .iter()
+        .find(|r| r.template_hash == hash)
+        .map(|r| r.revision);
+    if let Some(rev) = req.revision.filter(|r| Some(*r) != known) {
+        return Err(ApiError::conflict(format!(
+            "{env}: the rollout about to begin is of {} ({}), not revision {rev}",
+            spec.image,
+            known.map_or("a new revision".into(), |k| format!("revision {k}"))
+        ))
+        .at("revision"));
+    }
+    ctl.store()
+        .update_env_state(env, |s| s.approved_hash = Some(hash.clone()))?;
+    let message = format!("approved the rollout of {} (about to begin)", spec.image);
+    done(ctl, env, "Approved", &message, None);
+    Ok(reply(env, message, None))
 }
 
 fn waits_for_approval(op: &Operation) -> bool {

@@ -91,18 +91,24 @@ pub enum ListenError {
     EmptyToken(PathBuf),
 }
 
-/// Binds the unix socket at `path`: its directory is created mode 0700 if missing, a stale
+/// Binds the unix socket at `path`: its directory is created mode 0700 if missing (and
+/// made 0700 when `private_dir`: the state directory, which is berthd's alone), a stale
 /// socket is removed, and the socket is made mode 0600.
-pub fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
+pub fn bind_unix(path: &Path, private_dir: bool) -> Result<UnixListener, ListenError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let dir_err = |source| ListenError::Dir {
+            path: dir.to_owned(),
+            source,
+        };
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|source| ListenError::Dir {
-                path: dir.to_owned(),
-                source,
-            })?;
+            .map_err(dir_err)?;
+        if private_dir {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(dir_err)?;
+        }
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -338,13 +344,22 @@ mod tests {
     async fn the_socket_is_mode_0600_in_a_0700_directory_and_a_live_one_is_not_taken() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/berthd.sock");
-        let l = bind_unix(&path).unwrap();
+        let l = bind_unix(&path, false).unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(path.parent().unwrap()), 0o700);
-        assert!(matches!(bind_unix(&path), Err(ListenError::InUse(_))));
+        assert!(matches!(
+            bind_unix(&path, false),
+            Err(ListenError::InUse(_))
+        ));
         drop(l);
-        // A stale socket (nothing listens) is replaced.
-        bind_unix(&path).unwrap();
+        // A stale socket (nothing listens) is replaced; a private directory is made so.
+        std::fs::set_permissions(
+            path.parent().unwrap(),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        bind_unix(&path, true).unwrap();
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
     }
 }

@@ -130,7 +130,8 @@ async fn run(args: Args) -> ExitCode {
         .clone()
         .unwrap_or_else(|| args.state.join("berthd.sock"));
     let app = App::new(ctl.clone(), Limits::default());
-    match server::bind_unix(&socket) {
+    // The state directory is berthd's alone: made private; a socket elsewhere is not.
+    match server::bind_unix(&socket, args.socket.is_none()) {
         Ok(l) => {
             info!(socket = %socket.display(), "API listening on the unix socket");
             tokio::spawn(server::serve_unix(l, app.clone(), stop_rx.clone()));

@@ -150,7 +150,13 @@ fn env_text(env: &EnvChange, colour: bool) -> String {
         out.push_str(" (taken over from the manifest directory)");
     }
     out.push('\n');
-    for FieldChange { path, from, to } in &env.changes {
+    // A new environment's every field is new: the rollout says what matters.
+    let fields = if env.action == "created" {
+        &[][..]
+    } else {
+        &env.changes[..]
+    };
+    for FieldChange { path, from, to } in fields {
         let show = |v: &Option<serde_json::Value>| {
             v.as_ref().map_or("<none>".to_owned(), |v| v.to_string())
         };
