@@ -385,6 +385,20 @@ fn an_applied_environment_rolls_out_and_reads_back_as_the_journal_has_it() {
     assert!(p
         .ctl_ok(&["describe", "environment", &owned])
         .contains("Owner:"));
+
+    // --force takes the directory's environment over, as an event.
+    p.ctl_ok(&["apply", "--force", "-f", copy.to_str().unwrap()]);
+    let s = p.status("dir");
+    assert_eq!(s["owner"]["by"], "apply", "{s:#}");
+    assert!(
+        s["owner"]["tookOverFrom"]
+            .as_str()
+            .is_some_and(|f| f.contains("dir.yaml")),
+        "{s:#}"
+    );
+    assert!(p
+        .ctl_ok(&["events", "--environment", &owned])
+        .contains("TakenOver"));
     assert!(p.stop().success());
     let store = berth_controller::store::Store::open(&p.path("state")).unwrap();
     let state = store.env_state(&p.env("app")).unwrap();
@@ -395,11 +409,13 @@ fn an_applied_environment_rolls_out_and_reads_back_as_the_journal_has_it() {
         mine["revisions"].as_array().unwrap().len(),
         store.revisions(&p.env("app")).unwrap().len()
     );
-    assert_eq!(
-        store.applied().unwrap().len(),
-        1,
-        "the dry run stored nothing"
-    );
+    let applied: Vec<String> = store
+        .applied()
+        .unwrap()
+        .iter()
+        .map(|a| a.resource.metadata.name.clone())
+        .collect();
+    assert_eq!(applied, [p.env("app"), owned], "the dry run stored nothing");
 }
 
 /// Acceptance 2: approve, undo held while the manifest names v2, pause across a restart,
@@ -677,4 +693,96 @@ fn the_api_is_private_bounded_and_undisturbed_by_bad_requests() {
                 && s.labels.get("step") == Some("Migrate")),
         "{metrics}"
     );
+}
+
+/// Reading: the source's own health, a removed manifest, events, logs, delete.
+#[test]
+#[ignore = "needs the lab: hack/lab up"]
+fn status_says_when_the_directory_is_invalid_or_a_manifest_is_gone_and_delete_prunes_only_when_asked(
+) {
+    let _serial = serial();
+    let mut p = Plane::new("d", 26400);
+    let web = p.env("web");
+    p.write_manifest("web.yaml", &p.env_yaml("web", "v1", ""));
+    p.start();
+    p.wait("revision 1 serving", "web", |s| serving(s, 1));
+
+    // An invalid edit: still acting on the last valid state, and saying so.
+    p.write_manifest(
+        "broken.yaml",
+        "apiVersion: berth.dev/v1\nkind: Environment\nmetadata: {name: x}\nspec: {replica: 2}\n",
+    );
+    let s = p.wait("the source error", "web", |s| !s["owner"]["note"].is_null());
+    let note = s["owner"]["note"].as_str().unwrap();
+    assert!(
+        note.contains("manifest directory is invalid since"),
+        "{note}"
+    );
+    assert!(note.contains("broken.yaml:4"), "{note}");
+    let described = p.ctl_ok(&["describe", "environment", &web]);
+    assert!(described.contains("broken.yaml:4"), "{described}");
+    std::fs::remove_file(p.path("manifests/broken.yaml")).unwrap();
+    p.wait("the source healthy again", "web", |s| {
+        s["owner"]["note"].is_null()
+    });
+
+    // Events and logs.
+    let events: Value =
+        serde_json::from_str(&p.ctl_ok(&["events", "--environment", &web, "-o", "json"])).unwrap();
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "RolloutSucceeded"),
+        "{events:#}"
+    );
+    let logs = p.ctl_ok(&["logs", &web, "--tail", "5"]);
+    assert!(
+        logs.lines()
+            .next()
+            .is_some_and(|l| l.starts_with(&format!("[{web}-r1-0] "))),
+        "{logs}"
+    );
+
+    // A removed manifest stops nothing, and says why.
+    std::fs::remove_file(p.path("manifests/web.yaml")).unwrap();
+    let s = p.wait("the manifest gone", "web", |s| s["owner"]["by"] == "none");
+    assert!(
+        s["owner"]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("kept running because pruning was not asked")),
+        "{s:#}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(p
+        .containers("web")
+        .iter()
+        .any(|c| c.contains("-r1-0 running")));
+
+    // delete: keeps what runs and lists it; --prune removes it.
+    let app = p.write("app.yaml", &p.env_yaml("app", "v1", ""));
+    p.ctl_ok(&[
+        "apply",
+        "-f",
+        app.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "2m",
+    ]);
+    let out = p.ctl_ok(&["delete", &p.env("app")]);
+    assert!(
+        out.contains("keep running because pruning was not asked"),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{}-r1-0", p.env("app"))), "{out}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(p.containers("app").iter().any(|c| c.contains("running")));
+    p.ctl_ok(&["apply", "-f", app.to_str().unwrap()]);
+    p.ctl_ok(&["delete", &p.env("app"), "--prune"]);
+    let end = Instant::now() + Duration::from_secs(30);
+    while !p.containers("app").is_empty() {
+        assert!(Instant::now() < end, "{:?}", p.containers("app"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
