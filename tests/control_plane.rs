@@ -780,9 +780,23 @@ fn status_says_when_the_directory_is_invalid_or_a_manifest_is_gone_and_delete_pr
     assert!(p.containers("app").iter().any(|c| c.contains("running")));
     p.ctl_ok(&["apply", "-f", app.to_str().unwrap()]);
     p.ctl_ok(&["delete", &p.env("app"), "--prune"]);
-    let end = Instant::now() + Duration::from_secs(30);
-    while !p.containers("app").is_empty() {
-        assert!(Instant::now() < end, "{:?}", p.containers("app"));
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let gone = |p: &Plane, name: &str| {
+        let end = Instant::now() + Duration::from_secs(30);
+        while !p.containers(name).is_empty() {
+            assert!(Instant::now() < end, "{:?}", p.containers(name));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    gone(&p, "app");
+
+    // berthd --prune: a manifest leaving the directory takes its containers along,
+    // listed first as an event.
+    assert!(p.stop().success());
+    p.start_with(&["--prune"]);
+    p.write_manifest("tmp.yaml", &p.env_yaml("tmp", "v1", ""));
+    p.wait("revision 1 serving", "tmp", |s| serving(s, 1));
+    std::fs::remove_file(p.path("manifests/tmp.yaml")).unwrap();
+    gone(&p, "tmp");
+    let events = p.ctl_ok(&["events", "--environment", &p.env("tmp")]);
+    assert!(events.contains("Pruning"), "{events}");
 }

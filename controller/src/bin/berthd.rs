@@ -33,6 +33,10 @@ struct Args {
     resync: BerthDuration,
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+    /// Remove the containers of an environment whose manifest leaves the directory
+    /// (listed first, as an event). Without it, such an environment keeps running.
+    #[arg(long)]
+    prune: bool,
     /// The API's unix socket (mode 0600). Default: <state>/berthd.sock.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
@@ -123,6 +127,7 @@ async fn run(args: Args) -> ExitCode {
     let manifests_path = args.manifests.display().to_string();
     let commit = snapshot.commit.clone();
     let ctl = Controller::new(store, snapshot, resync);
+    ctl.set_prune(args.prune);
     ctl.set_source(&manifests_path, Ok(commit.as_deref()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let socket = args

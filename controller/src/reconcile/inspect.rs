@@ -159,6 +159,13 @@ impl Controller {
         let Ok(conn) = self.hosts.get(host, &h.spec) else {
             return;
         };
+        self.event(
+            env,
+            EventKind::Warning,
+            "Pruning",
+            format!("no longer desired: removing {}", names.join(", ")),
+            None,
+        );
         for name in names {
             let (reason, message) = match conn.host.remove(&name).await {
                 Ok(()) => ("Pruned", format!("removed container {name}")),

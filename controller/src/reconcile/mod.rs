@@ -135,6 +135,9 @@ pub struct Controller {
     /// The manifest directory's health, for the API.
     source: RwLock<crate::api::types::SourceHealth>,
     metrics: inspect::LoopMetrics,
+    /// `berthd --prune`: an environment whose manifest leaves the directory has its
+    /// containers removed (listed first, as an event); otherwise it keeps running.
+    prune: std::sync::atomic::AtomicBool,
 }
 
 pub use inspect::LoopMetrics;
@@ -168,6 +171,7 @@ impl Controller {
             resync,
             source: RwLock::default(),
             metrics: inspect::LoopMetrics::default(),
+            prune: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -192,9 +196,40 @@ impl Controller {
 
     /// Replaces the directory's desired state (a valid reload) and enqueues every
     /// environment. Hosts whose spec changed reconnect. Must be called inside the runtime.
-    pub fn set_desired(&self, snapshot: Snapshot) {
-        *self.directory.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+    pub fn set_desired(self: &Arc<Self>, snapshot: Snapshot) {
+        let old = std::mem::replace(
+            &mut *self.directory.write().unwrap_or_else(|p| p.into_inner()),
+            snapshot,
+        );
+        let before = self.snapshot();
         self.refresh_desired();
+        let after = self.snapshot();
+        let removed = before
+            .manifests
+            .environments
+            .iter()
+            .filter(|(name, _)| !after.manifests.environments.contains_key(*name))
+            .filter(|(name, _)| old.manifests.environments.contains_key(*name));
+        for (name, res) in removed {
+            if self.prune.load(std::sync::atomic::Ordering::Relaxed) {
+                let (me, env, host) = (self.clone(), name.clone(), res.spec.host.clone());
+                tokio::spawn(async move { me.prune_environment(&env, &host).await });
+            } else {
+                self.event(
+                    name,
+                    EventKind::Normal,
+                    "ManifestRemoved",
+                    "its manifest was removed: no longer reconciled, kept running because pruning was not asked (berthd --prune)".into(),
+                    None,
+                );
+            }
+        }
+    }
+
+    /// `berthd --prune`: environments whose manifest leaves the directory are pruned.
+    pub fn set_prune(&self, prune: bool) {
+        self.prune
+            .store(prune, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Recomputes the desired state from the directory and the applied environments (after
