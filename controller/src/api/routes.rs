@@ -116,11 +116,13 @@ fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         body
     };
     serde_json::from_slice(body).map_err(|e| {
-        let field = e
-            .to_string()
-            .split('`')
-            .nth(1)
-            .filter(|_| e.is_data())
+        // serde names the field only in these two messages: "unknown field `x`, …" and
+        // "missing field `x`"; elsewhere backticks quote values.
+        let text = e.to_string();
+        let field = ["unknown field `", "missing field `"]
+            .iter()
+            .find_map(|p| text.strip_prefix(p))
+            .and_then(|rest| rest.split('`').next())
             .map(str::to_owned);
         ApiError {
             status: 400,
@@ -233,6 +235,8 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("toRevison"));
         let e = json::<UndoRequest>(b"{not json").unwrap_err();
         assert_eq!(e.status, 400);
+        let e = json::<UndoRequest>(b"{\"toRevision\": \"x\"}").unwrap_err();
+        assert_eq!((e.status, e.field), (400, None));
         assert!(json::<UndoRequest>(b"").is_ok());
     }
 
