@@ -302,7 +302,7 @@ fn serving(s: &Value, rev: u64) -> bool {
 #[ignore = "needs the lab: hack/lab up"]
 fn an_applied_environment_rolls_out_and_reads_back_as_the_journal_has_it() {
     let _serial = serial();
-    let mut p = Plane::new("a", 26100);
+    let mut p = Plane::new("a", 33100);
     let owned = p.env("dir");
     p.write_manifest("dir.yaml", &p.env_yaml("dir", "v1", ""));
     p.start();
@@ -424,7 +424,7 @@ fn an_applied_environment_rolls_out_and_reads_back_as_the_journal_has_it() {
 #[ignore = "needs the lab: hack/lab up"]
 fn operator_verbs_approve_undo_pause_resume_and_abort_a_gitops_environment() {
     let _serial = serial();
-    let mut p = Plane::new("b", 26200);
+    let mut p = Plane::new("b", 33200);
     let name = p.env("web");
     let manifest = |p: &Plane, tag: &str, extra: &str| {
         p.env_yaml("web", tag, &format!("  approval: Required\n{extra}"))
@@ -438,6 +438,13 @@ fn operator_verbs_approve_undo_pause_resume_and_abort_a_gitops_environment() {
             .as_str()
             .is_some_and(|m| m.starts_with("waiting for approval"))
     });
+    let waited = p.ctl(&["rollout", "status", &name, "-w", "--timeout", "1s"]);
+    assert_eq!(
+        waited.status.code(),
+        Some(4),
+        "timed out: {}",
+        stderr(&waited)
+    );
     let out = p.ctl(&["approve", &name, "--wait", "--timeout", "2m"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
@@ -534,7 +541,17 @@ fn operator_verbs_approve_undo_pause_resume_and_abort_a_gitops_environment() {
 #[ignore = "needs the lab: hack/lab up"]
 fn the_api_is_private_bounded_and_undisturbed_by_bad_requests() {
     let _serial = serial();
-    let mut p = Plane::new("c", 26300);
+    let mut p = Plane::new("c", 33300);
+
+    // Without berthd, berthctl says it is unreachable (exit 3).
+    let unreachable = p.ctl(&["rollout", "status", &p.env("app")]);
+    assert_eq!(
+        unreachable.status.code(),
+        Some(3),
+        "{}",
+        stderr(&unreachable)
+    );
+    assert!(stderr(&unreachable).contains("berthd is unreachable"));
 
     // TCP without a token is refused at start.
     let port = free_port();
@@ -701,7 +718,7 @@ fn the_api_is_private_bounded_and_undisturbed_by_bad_requests() {
 fn status_says_when_the_directory_is_invalid_or_a_manifest_is_gone_and_delete_prunes_only_when_asked(
 ) {
     let _serial = serial();
-    let mut p = Plane::new("d", 26400);
+    let mut p = Plane::new("d", 33400);
     let web = p.env("web");
     p.write_manifest("web.yaml", &p.env_yaml("web", "v1", ""));
     p.start();

@@ -239,10 +239,10 @@ pub fn undo(ctl: &Controller, env: &str, req: UndoRequest) -> Result<ActionReply
         ))
         .at("toRevision"));
     }
-    if to == current && state.pin.is_some() {
-        return Err(ApiError::conflict(format!(
-            "{env}: already held at revision {to}"
-        )));
+    if to == current {
+        return Err(
+            ApiError::conflict(format!("{env}: revision {to} is already serving")).at("toRevision"),
+        );
     }
     let asked_hash = Template::of(&resource.spec).hash();
     let at = crate::reconcile::now_millis();

@@ -564,6 +564,10 @@ fn finish(
         ),
     };
     ctl.store.update_env_state(t.env, |s| {
+        // An approval is for one rollout: once it ends, the template needs a new one.
+        if s.approved_hash.as_deref() == Some(to_hash.as_str()) {
+            s.approved_hash = None;
+        }
         match &outcome {
             Outcome::Succeeded => {
                 s.current = Some(op.to);
