@@ -114,10 +114,11 @@ pub async fn delete(
             None => ApiError::not_found(format!("{name} was not applied")),
         });
     };
-    let would_prune = ctl
-        .container_names(name, &rec.resource.spec.host)
-        .await
-        .map_err(|e| ApiError::new(502, e))?;
+    // Listed for the operator; a host that cannot be asked now does not stop the delete.
+    let (would_prune, unlisted) = match ctl.container_names(name, &rec.resource.spec.host).await {
+        Ok(names) => (names, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
     ctl.store().remove_applied(name)?;
     let message = match (in_directory, prune) {
         (Some(d), _) => format!(
@@ -130,6 +131,10 @@ pub async fn delete(
             would_prune.len()
         ),
         (None, true) => format!("deleted {name}; pruning its {} containers", would_prune.len()),
+    };
+    let message = match unlisted {
+        Some(e) => format!("{message} (its containers could not be listed: {e})"),
+        None => message,
     };
     ctl.event(name, EventKind::Normal, "Deleted", message.clone(), None);
     ctl.refresh_desired();
@@ -151,6 +156,18 @@ pub async fn delete(
 /// the directory's hosts and the desired environments.
 fn parse(ctl: &Controller, req: &ApplyRequest) -> Result<Vec<Environment>, ApiError> {
     let source = req.source.clone().unwrap_or_else(|| "request".into());
+    // Hosts come from the directory alone: a Host in the request is refused first (read
+    // on its own, so the refusal points at the request, not at a duplicate).
+    let alone = berth_api::load_texts(vec![(PathBuf::from(&source), req.manifests.clone())]);
+    if let Some(h) = alone.manifests.hosts.values().next() {
+        return Err(ApiError::bad_request(format!(
+            "Host {} at {}:{}: hosts come from the manifest directory; apply applies Environments",
+            h.name(),
+            h.origin.file.display(),
+            h.origin.line
+        ))
+        .at("kind"));
+    }
     let directory = ctl.directory();
     // The hosts come from the directory: stand-ins satisfy the check that an
     // environment's host is defined; their specs are not used.
@@ -189,20 +206,6 @@ fn parse(ctl: &Controller, req: &ApplyRequest) -> Result<Vec<Environment>, ApiEr
             all.join("\n")
         ))
         .at(first.path.clone()));
-    }
-    if let Some(h) = loaded
-        .manifests
-        .hosts
-        .values()
-        .find(|h| h.origin.file.as_path() != std::path::Path::new(HOSTS_STANDIN))
-    {
-        return Err(ApiError::bad_request(format!(
-            "Host {} at {}:{}: hosts come from the manifest directory; apply applies Environments",
-            h.name(),
-            h.origin.file.display(),
-            h.origin.line
-        ))
-        .at("kind"));
     }
     let envs: Vec<Environment> = loaded.manifests.environments.into_values().collect();
     if envs.is_empty() {

@@ -21,6 +21,8 @@ pub mod metrics;
 pub mod openapi;
 mod routes;
 pub mod server;
+#[cfg(test)]
+mod tests;
 pub mod types;
 
 use std::sync::Arc;
