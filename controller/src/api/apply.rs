@@ -29,25 +29,39 @@ const HOSTS_STANDIN: &str = "<hosts of the manifest directory>";
 /// What `apply` would do, without doing it.
 pub fn diff(ctl: &Controller, req: ApplyRequest) -> Result<ApplyReply, ApiError> {
     let envs = parse(ctl, &req)?;
-    let changes = envs
-        .iter()
-        .map(|e| change_of(ctl, e, req.force))
-        .collect::<Result<Vec<_>, _>>()?;
+    changes(ctl, &envs, req.force, true)
+}
+
+fn changes(
+    ctl: &Controller,
+    envs: &[Environment],
+    force: bool,
+    dry_run: bool,
+) -> Result<ApplyReply, ApiError> {
     Ok(ApplyReply {
-        dry_run: true,
-        environments: changes,
+        dry_run,
+        environments: envs
+            .iter()
+            .map(|e| change_of(ctl, e, force))
+            .collect::<Result<Vec<_>, _>>()?,
     })
 }
 
 /// Stores the environments as applied (unless `dry_run`) and wakes the loop.
-pub async fn apply(ctl: &Arc<Controller>, req: ApplyRequest) -> Result<ApplyReply, ApiError> {
-    let mut reply = diff(ctl, req.clone())?;
-    reply.dry_run = req.dry_run;
+pub fn apply(ctl: &Controller, req: ApplyRequest) -> Result<ApplyReply, ApiError> {
+    let envs = parse(ctl, &req)?;
+    // Checked (ownership included) for every environment before any is stored.
+    let reply = changes(ctl, &envs, req.force, req.dry_run)?;
     if req.dry_run {
         return Ok(reply);
     }
-    let envs = parse(ctl, &req)?;
     let directory = ctl.directory();
+    let already: BTreeSet<String> = ctl
+        .store()
+        .applied()?
+        .into_iter()
+        .map(|a| a.resource.metadata.name)
+        .collect();
     let source = req.source.clone().unwrap_or_else(|| "request".into());
     for env in envs {
         let name = env.name().to_owned();
@@ -59,7 +73,7 @@ pub async fn apply(ctl: &Arc<Controller>, req: ApplyRequest) -> Result<ApplyRepl
                 file: format!("{}:{}", d.origin.file.display(), d.origin.line),
                 commit: directory.commit.clone(),
             });
-        if let Some(t) = &took_over {
+        if let Some(t) = took_over.as_ref().filter(|_| !already.contains(&name)) {
             ctl.event(
                 &name,
                 EventKind::Warning,

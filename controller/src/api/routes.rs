@@ -85,7 +85,7 @@ pub async fn route(
             };
             Reply::ok(reply)
         }
-        (&Method::POST, ["v1", "apply"]) => Reply::ok(apply::apply(ctl, json(&body)?).await?),
+        (&Method::POST, ["v1", "apply"]) => Reply::ok(apply::apply(ctl, json(&body)?)?),
         (&Method::POST, ["v1", "diff"]) => Reply::ok(apply::diff(ctl, json(&body)?)?),
         (&Method::DELETE, ["v1", "environments", name]) => {
             check_name(name)?;
