@@ -754,6 +754,32 @@ fn status_says_when_the_directory_is_invalid_or_a_manifest_is_gone_and_delete_pr
             .any(|e| e["reason"] == "RolloutSucceeded"),
         "{events:#}"
     );
+    // events -w prints what happens after it started.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_berthctl"))
+        .args(["events", "-w", "--environment", &web, "--limit", "1"])
+        .env("BERTH_SOCKET", p.socket())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    p.ctl_ok(&["rollout", "pause", &web]);
+    p.ctl_ok(&["rollout", "resume", &web]);
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = watch.kill();
+    let mut seen = String::new();
+    watch
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut seen)
+        .unwrap();
+    let _ = watch.wait();
+    assert!(
+        seen.contains("Paused") && seen.contains("Resumed"),
+        "{seen}"
+    );
+
     let logs = p.ctl_ok(&["logs", &web, "--tail", "5"]);
     assert!(
         logs.lines()
