@@ -724,7 +724,14 @@ fn plan_operation(
     if let Some(outcome) = &st.outcome {
         return Action::Finish(outcome.clone());
     }
-    if journal.abort && st.phase == Phase::Forward {
+    // An abort rolls back at once, except over a step whose effect is in flight (a
+    // migration, a pull): that one ends first, so its journal says what it did.
+    let in_flight = matches!(
+        st.cursor(),
+        Some((_, step, StepState::Running { .. }))
+            if !matches!(step, Step::AwaitApproval | Step::WaitReady | Step::Verify)
+    );
+    if journal.abort && st.phase == Phase::Forward && !in_flight {
         return Action::BeginRollback {
             reason: "aborted by an operator (berthctl rollout abort)".into(),
             steps: rollback_steps(spec, op, st),

@@ -1310,3 +1310,29 @@ fn a_paused_rollout_waits_before_its_next_step_and_a_running_one_goes_on() {
         "{a:?}"
     );
 }
+
+#[test]
+fn an_abort_waits_for_a_step_whose_effect_is_in_flight() {
+    let s = spec();
+    let op = operation(&s, Some(1), 2, log_until(&s, Some(1), Step::Migrate, 0));
+    let mut j = with_op(op, Some(1));
+    j.abort = true;
+    let a = plan(
+        "web",
+        &s,
+        "hash2",
+        &observed(running_ready(1, 2), Some(vec![port(1, 0), port(1, 1)])),
+        &j,
+        1000,
+    );
+    assert!(
+        matches!(
+            a,
+            Action::Run {
+                step: Step::Migrate,
+                ..
+            }
+        ),
+        "the migration under way is finished first: {a:?}"
+    );
+}
