@@ -241,3 +241,53 @@ async fn an_invalid_directory_is_reported_since_its_first_error_until_a_valid_lo
     assert!(a.ctl.source_health().error.is_none());
     assert!(!a.ctl.source_health().dirty);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbs_write_the_journal_or_say_why_they_cannot() {
+    let a = api(Limits::default()).await;
+    let state = || a.ctl.store().env_state("dir-env").unwrap();
+    let (s, r) = a
+        .request("POST", "/v1/environments/dir-env/pause", b"")
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert!(state().paused);
+    let (s, _) = a
+        .request("POST", "/v1/environments/dir-env/resume", b"")
+        .await;
+    assert_eq!(s, 200);
+    assert!(!state().paused);
+    for verb in ["retry", "abort"] {
+        let (s, e) = a
+            .request("POST", &format!("/v1/environments/dir-env/{verb}"), b"")
+            .await;
+        assert_eq!(s, 409, "{verb}: {e}");
+    }
+    a.ctl
+        .store()
+        .update_env_state("dir-env", |s| {
+            s.failed = Some(crate::store::FailedTemplate {
+                template_hash: "abc".into(),
+                reason: "probe".into(),
+                at: 1,
+            })
+        })
+        .unwrap();
+    let (s, _) = a
+        .request("POST", "/v1/environments/dir-env/retry", b"")
+        .await;
+    assert_eq!(s, 200);
+    assert!(state().failed.is_none());
+    // Approved ahead: the desired template, before its rollout begins.
+    let (s, r) = a
+        .request("POST", "/v1/environments/dir-env/approve", b"")
+        .await;
+    assert_eq!(s, 409, "no approval required by this manifest: {r}");
+    let (s, e) = a
+        .request(
+            "POST",
+            "/v1/environments/dir-env/undo",
+            b"{\"toRevision\": 9}",
+        )
+        .await;
+    assert_eq!(s, 409, "nothing is deployed yet: {e}");
+}
