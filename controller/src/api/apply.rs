@@ -170,9 +170,17 @@ pub async fn delete(
 /// the directory's hosts and the desired environments.
 fn parse(ctl: &Controller, req: &ApplyRequest) -> Result<Vec<Environment>, ApiError> {
     let source = req.source.clone().unwrap_or_else(|| "request".into());
+    let mut inputs: Vec<(PathBuf, String)> = req
+        .files
+        .iter()
+        .map(|f| (PathBuf::from(&f.source), f.manifests.clone()))
+        .collect();
+    if !req.manifests.trim().is_empty() || inputs.is_empty() {
+        inputs.insert(0, (PathBuf::from(&source), req.manifests.clone()));
+    }
     // Hosts come from the directory alone: a Host in the request is refused first (read
     // on its own, so the refusal points at the request, not at a duplicate).
-    let alone = berth_api::load_texts(vec![(PathBuf::from(&source), req.manifests.clone())]);
+    let alone = berth_api::load_texts(inputs.clone());
     if let Some(h) = alone.manifests.hosts.values().next() {
         return Err(ApiError::bad_request(format!(
             "Host {} at {}:{}: hosts come from the manifest directory; apply applies Environments",
@@ -191,10 +199,8 @@ fn parse(ctl: &Controller, req: &ApplyRequest) -> Result<Vec<Environment>, ApiEr
         .keys()
         .map(|h| format!("---\napiVersion: berth.dev/v1\nkind: Host\nmetadata: {{name: {h}}}\nspec: {{address: local}}\n"))
         .collect();
-    let loaded = berth_api::load_texts(vec![
-        (PathBuf::from(&source), req.manifests.clone()),
-        (PathBuf::from(HOSTS_STANDIN), standins),
-    ]);
+    inputs.push((PathBuf::from(HOSTS_STANDIN), standins));
+    let loaded = berth_api::load_texts(inputs);
     // dependsOn may name environments that are desired but not in this request.
     let errors: Vec<_> = loaded
         .errors()

@@ -291,3 +291,34 @@ async fn verbs_write_the_journal_or_say_why_they_cannot() {
         .await;
     assert_eq!(s, 409, "nothing is deployed yet: {e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_files_of_a_directory_are_applied_together_or_not_at_all() {
+    let a = api(Limits::default()).await;
+    let files = |second: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "source": "envs/",
+            "files": [
+                {"source": "envs/a.yaml", "manifests": env_doc("a", "v1")},
+                {"source": "envs/b.yaml", "manifests": second},
+            ]
+        }))
+        .unwrap()
+    };
+    let bad = env_doc("b", "v1").replace("image:", "imgae:");
+    let (s, e) = a.request("POST", "/v1/apply", &files(&bad)).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("envs/b.yaml:4"),
+        "{e}"
+    );
+    assert!(
+        a.ctl.store().applied().unwrap().is_empty(),
+        "nothing applied"
+    );
+    let (s, r) = a
+        .request("POST", "/v1/apply", &files(&env_doc("b", "v1")))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(a.ctl.store().applied().unwrap().len(), 2);
+}

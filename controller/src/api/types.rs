@@ -88,16 +88,28 @@ pub struct LogLine {
 pub struct ApplyRequest {
     /// YAML or JSON documents, as in a manifest file (Environments only: Hosts come from
     /// the manifest directory).
+    #[serde(default)]
     pub manifests: String,
     /// The file they were read from, for error messages and the record.
     #[serde(default)]
     pub source: Option<String>,
+    /// More files, applied together with `manifests` (`apply -f DIR`): all or none.
+    #[serde(default)]
+    pub files: Vec<ManifestFile>,
     /// Take over environments the directory owns (recorded as an event).
     #[serde(default)]
     pub force: bool,
     /// Only say what would change.
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// One file of an [`ApplyRequest`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ManifestFile {
+    pub source: String,
+    pub manifests: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

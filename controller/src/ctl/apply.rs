@@ -1,8 +1,8 @@
-//! `berthctl apply -f FILE [--dry-run] [--force] [--wait]`, `berthctl diff -f FILE` and
+//! `berthctl apply -f PATH [--dry-run] [--force] [--wait]`, `berthctl diff -f PATH` and
 //! `berthctl delete NAME [--prune]`: environments whose desired state the journal owns.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
@@ -11,12 +11,15 @@ use super::progress::follow;
 use super::rollout::Wait;
 use super::state::StateArgs;
 use super::CtlError;
-use crate::api::types::{ApplyReply, ApplyRequest, DeleteReply, EnvChange, FieldChange};
+use crate::api::types::{
+    ApplyReply, ApplyRequest, DeleteReply, EnvChange, FieldChange, ManifestFile,
+};
 
 #[derive(Args, Clone, Debug)]
 pub struct Apply {
-    /// A manifest file of Environments (YAML or JSON; Hosts come from berthd's directory).
-    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    /// A manifest file of Environments (YAML or JSON; Hosts come from berthd's
+    /// directory), or a directory of them (applied together: all or none).
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
     pub file: PathBuf,
     /// Show what would change and the rollout it would start; change nothing.
     #[arg(long)]
@@ -52,8 +55,8 @@ impl Apply {
 
 #[derive(Args, Clone, Debug)]
 pub struct Diff {
-    /// A manifest file of Environments.
-    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    /// A manifest file of Environments, or a directory of them.
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
     pub file: PathBuf,
     #[command(flatten)]
     pub state: StateArgs,
@@ -104,23 +107,48 @@ impl Delete {
     }
 }
 
-fn request(file: &PathBuf, force: bool, dry_run: bool) -> Result<ApplyRequest, CtlError> {
-    if !file.exists() {
-        return Err(CtlError::NoSuchPath(file.clone()));
+/// The request for a file, or for every manifest file under a directory (applied
+/// together: all or none).
+fn request(path: &Path, force: bool, dry_run: bool) -> Result<ApplyRequest, CtlError> {
+    if !path.exists() {
+        return Err(CtlError::NoSuchPath(path.to_owned()));
     }
-    if file.is_dir() {
+    let read = |f: &Path| {
+        std::fs::read_to_string(f)
+            .map_err(|e| CtlError::Usage(format!("cannot read {}: {e}", f.display())))
+    };
+    if !path.is_dir() {
+        return Ok(ApplyRequest {
+            manifests: read(path)?,
+            source: Some(path.display().to_string()),
+            force,
+            dry_run,
+            files: Vec::new(),
+        });
+    }
+    // The same files `validate` and berthd read: *.yaml, *.yml, *.json, hidden skipped.
+    let files = berth_api::load_path(path)
+        .files
+        .iter()
+        .map(|f| {
+            Ok(ManifestFile {
+                source: f.display().to_string(),
+                manifests: read(f)?,
+            })
+        })
+        .collect::<Result<Vec<_>, CtlError>>()?;
+    if files.is_empty() {
         return Err(CtlError::Usage(format!(
-            "{}: apply -f takes a file; a directory is what berthd --manifests watches",
-            file.display()
+            "{}: no manifest file (*.yaml, *.yml, *.json) in it",
+            path.display()
         )));
     }
-    let manifests = std::fs::read_to_string(file)
-        .map_err(|e| CtlError::Usage(format!("cannot read {}: {e}", file.display())))?;
     Ok(ApplyRequest {
-        manifests,
-        source: Some(file.display().to_string()),
+        manifests: String::new(),
+        source: Some(path.display().to_string()),
         force,
         dry_run,
+        files,
     })
 }
 
