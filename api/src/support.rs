@@ -34,12 +34,6 @@ const HAPROXY: Unsupported = Unsupported {
     effect: Effect::Refused,
 };
 
-const NOTIFY: Unsupported = Unsupported {
-    path: "spec.notify",
-    message: "not supported yet: no notification is sent",
-    effect: Effect::Differs,
-};
-
 const CANARY: Unsupported = Unsupported {
     path: "spec.strategy.type",
     message: "not supported yet: Canary runs as BlueGreen — the whole switch happens at once after the checks; steps are ignored",
@@ -96,10 +90,6 @@ pub fn unsupported(env: &EnvironmentSpec) -> Vec<Unsupported> {
         Approval::Required => out.push(APPROVAL),
         Approval::Automatic => {}
     }
-    let n = &env.notify;
-    if !(n.success.is_empty() && n.failure.is_empty() && n.rollback.is_empty()) {
-        out.push(NOTIFY);
-    }
     out
 }
 
@@ -138,20 +128,19 @@ mod tests {
 
     #[test]
     fn an_environment_the_engine_fully_supports_has_nothing_unsupported() {
-        let spec = env("  traffic: {nginx: {upstreamFile: /u.conf, port: http}}\n  strategy: {type: Recreate}\n  notify: {}\n");
+        let spec = env("  traffic: {nginx: {upstreamFile: /u.conf, port: http}}\n  strategy: {type: Recreate}\n  notify: {webhooks: [{urlFile: /etc/berth/hook}]}\n");
         assert_eq!(paths(&spec), []);
     }
 
     #[test]
     fn haproxy_is_refused_and_the_rest_runs_differently() {
-        let spec = env("  traffic: {haproxy: {socket: /s.sock, backend: web}}\n  strategy: {type: Canary, steps: [{weight: 50}]}\n  approval: Required\n  notify: {rollback: [http://127.0.0.1:9/x]}\n");
+        let spec = env("  traffic: {haproxy: {socket: /s.sock, backend: web}}\n  strategy: {type: Canary, steps: [{weight: 50}]}\n  approval: Required\n");
         assert_eq!(
             paths(&spec),
             [
                 ("spec.traffic.haproxy", Effect::Refused),
                 ("spec.strategy.type", Effect::Differs),
                 ("spec.approval", Effect::Differs),
-                ("spec.notify", Effect::Differs),
             ]
         );
     }

@@ -3,12 +3,14 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_api::values::Duration as BerthDuration;
+use berth_controller::notify::{Notifier, NotifierOptions, UreqTransport};
 use berth_controller::reconcile::Controller;
-use berth_controller::source;
 use berth_controller::store::Store;
+use berth_controller::{source, systemd};
 use clap::{Parser, ValueEnum};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -92,6 +94,12 @@ async fn run(args: Args) -> ExitCode {
         snapshot.manifests.environments.len()
     );
     let resync: Duration = args.resync.0.max(Duration::from_secs(1));
+    // Webhooks on their own tasks, from the journal: nothing here waits for them.
+    let _notifier = Notifier::start(
+        store.clone(),
+        Arc::new(UreqTransport),
+        NotifierOptions::default(),
+    );
     let ctl = Controller::new(store, snapshot, resync);
 
     let _watch = if args.watch {
@@ -146,8 +154,15 @@ async fn run(args: Args) -> ExitCode {
             _ = term.recv() => info!("SIGTERM"),
             _ = tokio::signal::ctrl_c() => info!("SIGINT"),
         }
+        let _ = systemd::notify("STOPPING=1");
         let _ = stop_tx.send(true);
     });
+    // Under systemd (Type=notify): the journal is open and the manifests are loaded.
+    match systemd::notify("READY=1") {
+        Ok(true) => info!("told the service manager berthd is ready"),
+        Ok(false) => {}
+        Err(e) => warn!("cannot tell the service manager berthd is ready: {e}"),
+    }
     ctl.run(stop_rx).await;
     info!("stopped; the journal is resumable");
     ExitCode::SUCCESS

@@ -14,6 +14,7 @@
 //! | `backups`       | `env \0 backup-ulid`             | [`BackupRecord`]        |
 //! | `backup_ids`    | `backup-ulid`                    | env (index for by-id)   |
 //! | `events`        | seq, u64 big-endian              | [`EventRecord`]         |
+//! | `notifications` | `op-ulid \0 event`               | [`NotificationRecord`]  |
 //!
 //! # Guarantees
 //! - Every write that can precede a side effect (operations, environment state,
@@ -34,6 +35,7 @@
 
 mod error;
 mod events;
+mod notifications;
 mod records;
 mod recover;
 #[cfg(test)]
@@ -56,6 +58,7 @@ use crate::op::{Entry, Event, Operation};
 
 pub use error::StoreError;
 pub use events::Subscription;
+pub use notifications::{Delivery, NotificationRecord};
 pub use records::{
     BackupRecord, EnvState, EventKind, EventRecord, FailedTemplate, NewEvent, RevisionRecord,
 };
@@ -77,6 +80,7 @@ const REVISION_MAX: &str = "revision_max";
 const BACKUPS: &str = "backups";
 const BACKUP_IDS: &str = "backup_ids";
 const EVENTS: &str = "events";
+const NOTIFICATIONS: &str = "notifications";
 
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -108,6 +112,7 @@ struct Trees {
     backups: Tree,
     backup_ids: Tree,
     events: Tree,
+    notifications: Tree,
 }
 
 struct Inner {
@@ -123,6 +128,9 @@ struct Inner {
     /// The last recorded sequence number (`None` before the first event: sled's ids
     /// start at 0); subscribers wait on it, then read the tree.
     new_events: watch::Sender<Option<u64>>,
+    /// Counts journal writes (`begin`, `append`), announced after their flush: the
+    /// notifier wakes on it and reads the operations themselves.
+    journal_writes: watch::Sender<u64>,
     repairs: Vec<Repair>,
 }
 
@@ -182,6 +190,7 @@ impl Store {
             backups: tree(BACKUPS)?,
             backup_ids: tree(BACKUP_IDS)?,
             events: tree(EVENTS)?,
+            notifications: tree(NOTIFICATIONS)?,
             db: db.clone(),
         };
         let recovered = recover::check_and_repair(&t)?;
@@ -193,6 +202,7 @@ impl Store {
                 retention: options.event_retention.max(1),
                 event_writer: Mutex::new(recovered.event_count),
                 new_events,
+                journal_writes: watch::channel(0).0,
                 repairs: recovered.repairs,
             }),
         };
@@ -310,7 +320,9 @@ impl Store {
                 Ok(())
             })
             .map_err(tx_err(OPS, &key))?;
-        self.flush()
+        self.flush()?;
+        self.inner.journal_writes.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     /// Appends `event` to operation `op_id`'s log and returns the operation as stored.
@@ -360,6 +372,7 @@ impl Store {
             })
             .map_err(tx_err(OPS, &key))?;
         self.flush()?;
+        self.inner.journal_writes.send_modify(|n| *n += 1);
         Ok(op)
     }
 
