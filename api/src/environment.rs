@@ -563,7 +563,7 @@ fn traffic() -> Shape {
                             "upstreamFile",
                             Shape::Str(values::ABS_PATH),
                             Required,
-                            "The file holding this environment's `upstream` block.",
+                            "The file holding `upstream <environment name>`, which nginx.conf includes inside `http {}`. Berth writes it (with no server yet) when it first sees the environment; its directory must exist. See docs/traffic.md.",
                         ),
                         field(
                             "listen",
@@ -575,13 +575,13 @@ fn traffic() -> Shape {
                             "reload",
                             Shape::Str(values::NON_EMPTY),
                             Default(json!("nginx -s reload")),
-                            "Command run on the host to reload.",
+                            "Command run on the host to reload. The default reloads the system's nginx; name another with -c.",
                         ),
                         field(
                             "test",
                             Shape::Str(values::NON_EMPTY),
                             Default(json!("nginx -t")),
-                            "Command run on the host to test the configuration.",
+                            "Command run on the host to test the configuration. The default tests the system's nginx (/etc/nginx/nginx.conf); name another with -c.",
                         ),
                         field(
                             "port",
