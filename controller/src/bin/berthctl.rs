@@ -4,11 +4,12 @@
 use std::process::ExitCode;
 
 use berth_controller::ctl::describe::Describe;
+use berth_controller::ctl::docs;
 use berth_controller::ctl::get::Get;
 use berth_controller::ctl::output::{emit, now_millis};
 use berth_controller::ctl::validate::Validate;
 use berth_controller::ctl::CtlError;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +36,18 @@ enum Command {
     /// events.
     #[command(subcommand)]
     Describe(Describe),
+    /// Print a shell completion script.
+    ///
+    /// bash: `berthctl completion bash > /etc/bash_completion.d/berthctl`; zsh: into a
+    /// directory of $fpath as `_berthctl`; fish: `~/.config/fish/completions/berthctl.fish`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (berthctl.1 and one per subcommand) into a directory.
+    ///
+    /// Such as /usr/local/share/man/man1; `berthd man DIR` writes berthd's.
+    Man { dir: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -44,6 +57,8 @@ fn main() -> ExitCode {
         Command::Schema => schema(),
         Command::Get(g) => g.run(now_millis()),
         Command::Describe(d) => d.run(now_millis()),
+        Command::Completion { shell } => Ok(docs::completion(Cli::command(), shell)),
+        Command::Man { dir } => docs::man_pages(Cli::command(), &dir),
     };
     match result.and_then(|out| emit(&out).map_err(CtlError::Write)) {
         Ok(()) => ExitCode::SUCCESS,

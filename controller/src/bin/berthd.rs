@@ -7,16 +7,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_api::values::Duration as BerthDuration;
+use berth_controller::ctl::docs;
 use berth_controller::notify::{Notifier, NotifierOptions, UreqTransport};
 use berth_controller::reconcile::Controller;
 use berth_controller::store::Store;
 use berth_controller::{source, systemd};
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
-#[command(name = "berthd", version, about = "The Berth controller daemon")]
+#[command(
+    name = "berthd",
+    version,
+    about = "The Berth controller daemon",
+    long_about = "The Berth controller daemon: keeps what runs on each Docker host equal to the \
+manifests, through idempotent, journaled steps; a crash at any instant resumes where it stopped.",
+    after_long_help = "Environment: BERTH_LOG filters the log (default info); NOTIFY_SOCKET, set by \
+systemd for Type=notify, receives READY=1 once the journal is open and the manifests are loaded \
+(examples/berthd.service). Signals: SIGTERM or SIGINT finishes the steps under way and exits 0. \
+`berthd completion SHELL` prints a shell completion script, `berthd man DIR` writes this page."
+)]
 struct Args {
     /// The desired-state directory (or file).
     #[arg(long, value_name = "DIR")]
@@ -41,6 +52,11 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
+    // `berthd completion SHELL`, `berthd man DIR`: from the definition above.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(code) = docs::answer_docs_request(Args::command(), &argv) {
+        return code;
+    }
     let args = Args::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into());

@@ -5,6 +5,7 @@
 //! - [`validate`]: `berthctl validate -f PATH` (manifests, all errors at once).
 //! - [`get`]: `berthctl get environments|backups|hosts` — tables, or `-o json|yaml`.
 //! - [`describe`]: `berthctl describe environment NAME` — everything known, in sections.
+//! - [`docs`]: `completion SHELL` and `man DIR`, from the clap definitions.
 //! - [`state`]: reading the status files berthd writes (`<state>/status/<env>.json`,
 //!   see [`crate::reconcile::status`]) and what they mean for humans (the phase).
 //! - [`output`]: `-o table|json|yaml`, aligned tables, times and sizes for humans.
@@ -17,6 +18,7 @@
 //! reconcile.
 
 pub mod describe;
+pub mod docs;
 pub mod get;
 pub mod output;
 pub mod state;
@@ -62,6 +64,11 @@ pub enum CtlError {
     Reported,
     #[error("cannot write the output: {0}")]
     Write(std::io::Error),
+    #[error("cannot write {}: {source}", .path.display())]
+    Docs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot encode the output as {format}: {message}")]
     Encode {
         format: &'static str,
