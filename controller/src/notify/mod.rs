@@ -117,21 +117,26 @@ pub fn body(op: &Operation, spec: &EnvironmentSpec, due: &Due, origin: &Origin) 
     let image = spec.image.to_string();
     let env = &op.env;
     let to = op.to;
-    let from = op.from.map_or("none".to_owned(), |r| r.to_string());
     let failure = due.failure.as_deref().unwrap_or("unknown");
-    let text = match due.event {
-        NotifyEvent::Started => {
+    let text = match (due.event, op.from) {
+        (NotifyEvent::Started, Some(from)) => {
             format!("{env}: rollout started, revision {from} → {to} ({image})")
         }
-        NotifyEvent::WaitingForApproval => format!(
+        (NotifyEvent::Started, None) => {
+            format!("{env}: first rollout started, revision {to} ({image})")
+        }
+        (NotifyEvent::WaitingForApproval, _) => format!(
             "{env}: rollout to revision {to} ({image}) waits for approval: berthctl approve {env}"
         ),
-        NotifyEvent::Succeeded => format!("{env}: revision {to} ({image}) is serving"),
-        NotifyEvent::Failed => format!(
+        (NotifyEvent::Succeeded, _) => format!("{env}: revision {to} ({image}) is serving"),
+        (NotifyEvent::Failed, _) => format!(
             "{env}: rollout to revision {to} ({image}) failed and needs an operator: {failure}"
         ),
-        NotifyEvent::RolledBack => format!(
+        (NotifyEvent::RolledBack, Some(from)) => format!(
             "{env}: rollout to revision {to} ({image}) was rolled back to revision {from}: {failure}"
+        ),
+        (NotifyEvent::RolledBack, None) => format!(
+            "{env}: first rollout, revision {to} ({image}), was undone: {failure}"
         ),
     };
     Body {

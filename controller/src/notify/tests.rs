@@ -432,3 +432,15 @@ async fn a_full_queue_drops_the_notification_counts_it_and_does_not_send_it_late
     let warned = store.events(None, None, 100).unwrap();
     assert!(warned.iter().any(|e| e.reason == "NotificationDropped"));
 }
+
+#[test]
+fn a_first_rollout_says_so_instead_of_naming_a_revision_none() {
+    let s = spec("{}");
+    let mut o = op(1000, vec![Step::PullImage], vec![], &s);
+    o.from = None;
+    o.to = 1;
+    let d = due(&o).remove(0);
+    let b = body(&o, &s, &d, &Origin::default());
+    assert_eq!(b.text, "web: first rollout started, revision 1 (app:v2)");
+    assert_eq!(b.from, None);
+}
