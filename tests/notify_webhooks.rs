@@ -117,7 +117,7 @@ impl World {
             "apiVersion: berth.dev/v1
 kind: Host
 metadata: {{name: local}}
-spec: {{address: local, portRange: 32400-32499}}
+spec: {{address: local, portRange: 33400-33499}}
 ---
 apiVersion: berth.dev/v1
 kind: Environment

@@ -169,7 +169,7 @@ fn the_nginx_setup_of_docs_traffic_md_serves_the_app_after_the_first_rollout() {
         "apiVersion: berth.dev/v1
 kind: Host
 metadata: {{name: local}}
-spec: {{address: local, portRange: 32500-32599}}
+spec: {{address: local, portRange: 33500-33599}}
 ---
 apiVersion: berth.dev/v1
 kind: Environment
