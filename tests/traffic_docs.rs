@@ -220,6 +220,13 @@ spec:
     w.wait("revision 1 serving", Duration::from_secs(90), || {
         w.serving()
     });
+    // And says which nginx it tested and reloaded.
+    let status = std::fs::read_to_string(w.path(&format!("state/status/{env}.json"))).unwrap();
+    let reloaded = format!(
+        "reloaded with `nginx -s reload -c {}/nginx.conf`",
+        d.display()
+    );
+    assert!(status.contains(&reloaded), "{status}");
     w.wait(
         "the app through nginx",
         Duration::from_secs(15),
