@@ -2,7 +2,8 @@
 //! posting to a webhook receiver of the test's own on loopback.
 //!
 //! One success and one rollback notification for the matching rollouts, exactly once —
-//! also across a berthd restart — and a retry after the receiver answered 500. The URL
+//! also across a berthd restart — a retry after the receiver answered 500, and one
+//! notification for a rollout waiting for approval. The URL
 //! comes from a file and never appears in berthd's log.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -110,7 +111,7 @@ impl World {
         self.dir.path().join(p)
     }
 
-    fn write_manifest(&self, image: &str) {
+    fn write_manifest(&self, image: &str, approval: &str) {
         let dir = self.dir.path().display();
         let env = &self.env;
         let text = format!(
@@ -132,6 +133,7 @@ spec:
     readiness: {{http: {{path: /ready, port: http}}, interval: 500ms, timeout: 1s, failureThreshold: 2}}
   strategy: {{type: BlueGreen, progressDeadline: 10s, verifyFor: 1s, drainFor: 1s}}
   migration: {{policy: BackwardCompatible, command: [/demo-app, migrate], timeout: 2m}}
+  approval: {approval}
   notify:
     webhooks: [{{urlFile: {dir}/hook-url}}]
 "
@@ -232,7 +234,7 @@ fn a_receiver_gets_one_success_and_one_rollback_notification_and_a_retry_after_a
         format!("http://127.0.0.1:{port}/hooks/{token}\n"),
     )
     .unwrap();
-    w.write_manifest("v1");
+    w.write_manifest("v1", "Automatic");
     w.start();
 
     // The first rollout: Started (answered 500, so posted again), then Succeeded.
@@ -264,7 +266,7 @@ fn a_receiver_gets_one_success_and_one_rollback_notification_and_a_retry_after_a
     assert_eq!(seen(&got), first, "a restart sent again");
 
     // A build that never becomes ready is rolled back: one RolledBack notification.
-    w.write_manifest("bad-never-ready");
+    w.write_manifest("bad-never-ready", "Automatic");
     w.wait("the rollback notification", Duration::from_secs(90), || {
         count(&got, "RolledBack") == 1
     });
@@ -287,6 +289,22 @@ fn a_receiver_gets_one_success_and_one_rollback_notification_and_a_retry_after_a
             .as_str()
             .is_some_and(|r| r.contains("never ready")),
         "{rolled}"
+    );
+
+    // A rollout that waits for approval says so, once.
+    w.write_manifest("v2", "Required");
+    w.wait("the approval notification", Duration::from_secs(30), || {
+        count(&got, "WaitingForApproval") == 1
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count(&got, "WaitingForApproval"), 1, "{:?}", seen(&got));
+    let waiting = got.lock().unwrap().last().unwrap().0.clone();
+    assert_eq!(waiting["to"], 3, "{waiting}");
+    assert!(
+        waiting["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("waits for approval")),
+        "{waiting}"
     );
 
     // The URL is a secret: the log names the event and the status, never the URL.
