@@ -279,8 +279,11 @@ pub enum Approval {
 }
 
 /// Webhooks called as rollouts go (docs/design.md, "Notifications").
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+///
+/// `#[serde(default)]`: specs pinned in journals before webhooks existed hold
+/// `{"success": [], "failure": [], "rollback": []}`, which reads as no webhook.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Notify {
     pub webhooks: Vec<Webhook>,
 }

@@ -444,3 +444,11 @@ fn a_first_rollout_says_so_instead_of_naming_a_revision_none() {
     assert_eq!(b.text, "web: first rollout started, revision 1 (app:v2)");
     assert_eq!(b.from, None);
 }
+
+#[test]
+fn a_spec_pinned_before_webhooks_existed_still_reads_and_notifies_nothing() {
+    let mut old = serde_json::to_value(spec("{}")).unwrap();
+    old["notify"] = serde_json::json!({"success": [], "failure": [], "rollback": []});
+    let read: EnvironmentSpec = serde_json::from_value(old).unwrap();
+    assert!(read.notify.webhooks.is_empty());
+}
