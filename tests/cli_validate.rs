@@ -27,7 +27,7 @@ fn validate_accepts_the_sample_manifests_and_warns_of_what_the_engine_does_not_d
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout).trim(),
-        "manifests/: valid: 3 hosts, 4 environments in 5 files (5 warnings)"
+        "manifests/: valid: 3 hosts, 4 environments in 5 files (4 warnings)"
     );
     let err = text(&out.stderr);
     assert!(
@@ -49,19 +49,19 @@ fn validate_lists_warnings_in_json_with_their_path() {
         "-o",
         "json",
         "-f",
-        "tests/fixtures/warnings/02-notify.yaml",
+        "tests/fixtures/warnings/06-nginx-port-not-the-first.yaml",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     let arr = v.as_array().expect("an array");
     assert_eq!(arr.len(), 1);
     assert_eq!(arr[0]["severity"], "warning");
-    assert_eq!(arr[0]["path"], "spec.notify");
-    assert_eq!(arr[0]["line"], 9);
-    assert_eq!(arr[0]["column"], 5);
+    assert_eq!(arr[0]["path"], "spec.traffic.nginx.port");
+    assert_eq!(arr[0]["line"], 12);
+    assert_eq!(arr[0]["column"], 64);
     assert_eq!(
         arr[0]["message"],
-        "not supported yet: no notification is sent"
+        "not supported yet: traffic goes to the first of spec.ports; this port is ignored"
     );
 }
 

@@ -278,12 +278,64 @@ pub enum Approval {
     Required,
 }
 
+/// Webhooks called as rollouts go (docs/design.md, "Notifications").
+///
+/// `#[serde(default)]`: specs pinned in journals before webhooks existed hold
+/// `{"success": [], "failure": [], "rollback": []}`, which reads as no webhook.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Notify {
+    pub webhooks: Vec<Webhook>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Notify {
-    pub success: Vec<String>,
-    pub failure: Vec<String>,
-    pub rollback: Vec<String>,
+pub struct Webhook {
+    #[serde(flatten)]
+    pub target: WebhookTarget,
+    /// Which events are posted to it.
+    pub events: Vec<NotifyEvent>,
+}
+
+/// Where a webhook posts to. A URL that carries a token is a secret: it belongs in a
+/// file (`urlFile`), which is read at each delivery and never logged or stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WebhookTarget {
+    Url(String),
+    /// A file on the controller's machine holding the URL (surrounding whitespace is
+    /// ignored); relative to the manifest's folder.
+    UrlFile(String),
+}
+
+/// What happened to a rollout, as a notification names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum NotifyEvent {
+    Started,
+    WaitingForApproval,
+    Succeeded,
+    Failed,
+    RolledBack,
+}
+
+impl NotifyEvent {
+    pub const ALL: [NotifyEvent; 5] = [
+        NotifyEvent::Started,
+        NotifyEvent::WaitingForApproval,
+        NotifyEvent::Succeeded,
+        NotifyEvent::Failed,
+        NotifyEvent::RolledBack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyEvent::Started => "Started",
+            NotifyEvent::WaitingForApproval => "WaitingForApproval",
+            NotifyEvent::Succeeded => "Succeeded",
+            NotifyEvent::Failed => "Failed",
+            NotifyEvent::RolledBack => "RolledBack",
+        }
+    }
 }
 
 impl EnvironmentSpec {
@@ -307,8 +359,41 @@ fn duration() -> Shape {
     Shape::Str(values::DURATION)
 }
 
-fn urls() -> Shape {
-    list(Shape::Str(values::URL))
+const NOTIFY_EVENTS: &[&str] = &[
+    "Started",
+    "WaitingForApproval",
+    "Succeeded",
+    "Failed",
+    "RolledBack",
+];
+
+fn webhook() -> Shape {
+    use Presence::*;
+    object_with(
+        "One webhook: where it posts, and on which events.",
+        vec![field(
+            "events",
+            list(Shape::Enum(NOTIFY_EVENTS)),
+            Default(json!(NOTIFY_EVENTS)),
+            "The events posted to it; all by default.",
+        )],
+        vec![Group {
+            key: "target",
+            required: true,
+            variants: vec![
+                (
+                    "url",
+                    Shape::Str(values::URL),
+                    "The URL, written here. One that carries a token is a secret: use urlFile.",
+                ),
+                (
+                    "urlFile",
+                    Shape::Str(values::LOCAL_PATH),
+                    "A file on the controller's machine holding the URL, read at each delivery; never logged.",
+                ),
+            ],
+        }],
+    )
 }
 
 fn probe() -> Shape {
@@ -481,7 +566,7 @@ fn traffic() -> Shape {
                             "upstreamFile",
                             Shape::Str(values::ABS_PATH),
                             Required,
-                            "The file holding this environment's `upstream` block.",
+                            "The file holding `upstream <environment name>`, which nginx.conf includes inside `http {}`. Berth writes it (with no server yet) when it first sees the environment; its directory must exist. See docs/traffic.md.",
                         ),
                         field(
                             "listen",
@@ -493,13 +578,13 @@ fn traffic() -> Shape {
                             "reload",
                             Shape::Str(values::NON_EMPTY),
                             Default(json!("nginx -s reload")),
-                            "Command run on the host to reload.",
+                            "Command run on the host to reload. The default reloads the system's nginx; name another with -c.",
                         ),
                         field(
                             "test",
                             Shape::Str(values::NON_EMPTY),
                             Default(json!("nginx -t")),
-                            "Command run on the host to test the configuration.",
+                            "Command run on the host to test the configuration. The default tests the system's nginx (/etc/nginx/nginx.conf); name another with -c.",
                         ),
                         field(
                             "port",
@@ -788,12 +873,8 @@ pub fn spec_shape() -> Shape {
             field(
                 "notify",
                 object(
-                    "Webhooks called after a rollout. Not supported yet: no notification is sent (`berthctl validate` warns).",
-                    vec![
-                        field("success", urls(), Default(json!([])), ""),
-                        field("failure", urls(), Default(json!([])), ""),
-                        field("rollback", urls(), Default(json!([])), ""),
-                    ],
+                    "Webhooks called as rollouts start, wait for approval, succeed, fail or roll back: a JSON body with a Slack-compatible `text`.",
+                    vec![field("webhooks", list(webhook()), Default(json!([])), "")],
                 ),
                 DefaultObject,
                 "",

@@ -238,6 +238,11 @@ fn load_document(
             if let Some(mut env) = typed::<crate::environment::EnvironmentSpec>(value, &doc, diags)
             {
                 env.origin = origin;
+                for hook in &mut env.spec.notify.webhooks {
+                    if let crate::environment::WebhookTarget::UrlFile(p) = &mut hook.target {
+                        *p = resolve(base, p);
+                    }
+                }
                 manifests.environments.entry(name).or_insert(env);
             }
         }

@@ -34,12 +34,6 @@ const HAPROXY: Unsupported = Unsupported {
     effect: Effect::Refused,
 };
 
-const NOTIFY: Unsupported = Unsupported {
-    path: "spec.notify",
-    message: "not supported yet: no notification is sent",
-    effect: Effect::Differs,
-};
-
 const CANARY: Unsupported = Unsupported {
     path: "spec.strategy.type",
     message: "not supported yet: Canary runs as BlueGreen — the whole switch happens at once after the checks; steps are ignored",
@@ -86,10 +80,6 @@ pub fn unsupported(env: &EnvironmentSpec) -> Vec<Unsupported> {
         StrategyType::Canary => out.push(CANARY),
         StrategyType::Recreate | StrategyType::BlueGreen => {}
     }
-    let n = &env.notify;
-    if !(n.success.is_empty() && n.failure.is_empty() && n.rollback.is_empty()) {
-        out.push(NOTIFY);
-    }
     out
 }
 
@@ -128,19 +118,18 @@ mod tests {
 
     #[test]
     fn an_environment_the_engine_fully_supports_has_nothing_unsupported() {
-        let spec = env("  traffic: {nginx: {upstreamFile: /u.conf, port: http}}\n  strategy: {type: Recreate}\n  notify: {}\n");
+        let spec = env("  traffic: {nginx: {upstreamFile: /u.conf, port: http}}\n  strategy: {type: Recreate}\n  notify: {webhooks: [{urlFile: /etc/berth/hook}]}\n");
         assert_eq!(paths(&spec), []);
     }
 
     #[test]
-    fn haproxy_is_refused_and_the_rest_runs_differently_while_approval_is_supported() {
+    fn haproxy_is_refused_and_canary_runs_differently_while_approval_and_notify_are_supported() {
         let spec = env("  traffic: {haproxy: {socket: /s.sock, backend: web}}\n  strategy: {type: Canary, steps: [{weight: 50}]}\n  approval: Required\n  notify: {rollback: [http://127.0.0.1:9/x]}\n");
         assert_eq!(
             paths(&spec),
             [
                 ("spec.traffic.haproxy", Effect::Refused),
                 ("spec.strategy.type", Effect::Differs),
-                ("spec.notify", Effect::Differs),
             ]
         );
     }

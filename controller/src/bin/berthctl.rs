@@ -6,12 +6,13 @@ use std::process::ExitCode;
 use berth_controller::ctl::apply::{Apply, Delete, Diff};
 use berth_controller::ctl::describe::Describe;
 use berth_controller::ctl::events::{Events, Logs};
+use berth_controller::ctl::docs;
 use berth_controller::ctl::get::Get;
 use berth_controller::ctl::output::{emit, now_millis};
 use berth_controller::ctl::rollout::{Approve, Rollout};
 use berth_controller::ctl::validate::Validate;
 use berth_controller::ctl::CtlError;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 const AFTER_HELP: &str = "\
 berthctl finds berthd by itself: --socket PATH, else $BERTH_SOCKET, else
@@ -65,6 +66,18 @@ enum Command {
     Events(Events),
     /// The replicas' container logs, prefixed by replica (secrets redacted).
     Logs(Logs),
+    /// Print a shell completion script.
+    ///
+    /// bash: `berthctl completion bash > /etc/bash_completion.d/berthctl`; zsh: into a
+    /// directory of $fpath as `_berthctl`; fish: `~/.config/fish/completions/berthctl.fish`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (berthctl.1 and one per subcommand) into a directory.
+    ///
+    /// Such as /usr/local/share/man/man1; `berthd man DIR` writes berthd's.
+    Man { dir: std::path::PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +94,8 @@ fn main() -> ExitCode {
         Command::Rollout(r) => r.run(),
         Command::Events(e) => e.run(),
         Command::Logs(l) => l.run(),
+        Command::Completion { shell } => Ok(docs::completion(Cli::command(), shell)),
+        Command::Man { dir } => docs::man_pages(Cli::command(), &dir),
     };
     match result.and_then(|out| emit(&out).map_err(CtlError::Write)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,21 +3,34 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_api::values::Duration as BerthDuration;
 use berth_controller::api::server::{self, ListenError, Token};
 use berth_controller::api::types::SourceError;
 use berth_controller::api::{App, Limits};
+use berth_controller::ctl::docs;
+use berth_controller::notify::{Notifier, NotifierOptions, UreqTransport};
 use berth_controller::reconcile::Controller;
-use berth_controller::source;
 use berth_controller::store::Store;
-use clap::{Parser, ValueEnum};
+use berth_controller::{source, systemd};
+use clap::{CommandFactory, Parser, ValueEnum};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
-#[command(name = "berthd", version, about = "The Berth controller daemon")]
+#[command(
+    name = "berthd",
+    version,
+    about = "The Berth controller daemon",
+    long_about = "The Berth controller daemon: keeps what runs on each Docker host equal to the \
+manifests, through idempotent, journaled steps; a crash at any instant resumes where it stopped.",
+    after_long_help = "Environment: BERTH_LOG filters the log (default info); NOTIFY_SOCKET, set by \
+systemd for Type=notify, receives READY=1 once the journal is open and the manifests are loaded \
+(examples/berthd.service). Signals: SIGTERM or SIGINT finishes the steps under way and exits 0. \
+`berthd completion SHELL` prints a shell completion script, `berthd man DIR` writes this page."
+)]
 struct Args {
     /// The desired-state directory (or file).
     #[arg(long, value_name = "DIR")]
@@ -56,6 +69,11 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
+    // `berthd completion SHELL`, `berthd man DIR`: from the definition above.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(code) = docs::answer_docs_request(Args::command(), &argv) {
+        return code;
+    }
     let args = Args::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into());
@@ -126,6 +144,12 @@ async fn run(args: Args) -> ExitCode {
     let resync: Duration = args.resync.0.max(Duration::from_secs(1));
     let manifests_path = args.manifests.display().to_string();
     let commit = snapshot.commit.clone();
+    // Webhooks on their own tasks, from the journal: nothing here waits for them.
+    let _notifier = Notifier::start(
+        store.clone(),
+        Arc::new(UreqTransport),
+        NotifierOptions::default(),
+    );
     let ctl = Controller::new(store, snapshot, resync);
     ctl.set_prune(args.prune);
     ctl.set_source(&manifests_path, Ok(commit.as_deref()));
@@ -221,8 +245,15 @@ async fn run(args: Args) -> ExitCode {
             _ = term.recv() => info!("SIGTERM"),
             _ = tokio::signal::ctrl_c() => info!("SIGINT"),
         }
+        let _ = systemd::notify("STOPPING=1");
         let _ = stop_tx.send(true);
     });
+    // Under systemd (Type=notify): the journal is open and the manifests are loaded.
+    match systemd::notify("READY=1") {
+        Ok(true) => info!("told the service manager berthd is ready"),
+        Ok(false) => {}
+        Err(e) => warn!("cannot tell the service manager berthd is ready: {e}"),
+    }
     ctl.run(stop_rx).await;
     let _ = std::fs::remove_file(&socket);
     info!("stopped; the journal is resumable");

@@ -11,6 +11,7 @@
 //! - [`apply`]: `apply`, `diff`, `delete` (environments the journal owns).
 //! - [`events`]: `events [-w]` and `logs`.
 //! - [`progress`]: following an operation to its outcome (`-w`, `--wait`).
+//! - [`docs`]: `completion SHELL` and `man DIR`, from the clap definitions.
 //! - [`state`]: reading the status files berthd writes (`<state>/status/<env>.json`,
 //!   see [`crate::reconcile::status`]) and what they mean for humans (the phase).
 //! - [`output`]: `-o table|json|yaml`, aligned tables, times and sizes for humans.
@@ -26,6 +27,7 @@ pub mod apply;
 pub mod client;
 pub mod describe;
 pub mod events;
+pub mod docs;
 pub mod get;
 pub mod output;
 pub mod progress;
@@ -73,6 +75,11 @@ pub enum CtlError {
     Reported,
     #[error("cannot write the output: {0}")]
     Write(std::io::Error),
+    #[error("cannot write {}: {source}", .path.display())]
+    Docs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot encode the output as {format}: {message}")]
     Encode {
         format: &'static str,

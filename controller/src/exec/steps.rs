@@ -121,11 +121,11 @@ pub async fn run_step(cx: &Ctx<'_>, step: Step) -> Result<StepResult, ExecError>
         }
         Step::SwitchTraffic => {
             switch_to(cx, op.to).await?;
-            done(StepOutput::None)
+            done(switch_note(cx.spec))
         }
         Step::SwitchBack => {
             switch_to(cx, op.from.unwrap_or(op.to)).await?;
-            done(StepOutput::None)
+            done(switch_note(cx.spec))
         }
         Step::Verify => {
             // The soak itself is timed by the planner; what runs here is the smoke checks
@@ -375,6 +375,19 @@ async fn switch_to(cx: &Ctx<'_>, rev: Revision) -> Result<(), ExecError> {
         ));
     }
     sync_traffic(cx, &ports).await
+}
+
+/// What a switch did, for `describe`: the file, and the commands that tested and reloaded
+/// nginx (the defaults act on the system's nginx, which may not be the one that serves
+/// the site: docs/traffic.md).
+fn switch_note(spec: &EnvironmentSpec) -> StepOutput {
+    match &spec.traffic {
+        Traffic::Nginx(cfg) => StepOutput::Note(format!(
+            "wrote {}; tested with `{}`, reloaded with `{}`",
+            cfg.upstream_file, cfg.test, cfg.reload
+        )),
+        Traffic::None | Traffic::Haproxy(_) => StepOutput::None,
+    }
 }
 
 /// Points the environment's traffic switch at exactly `ports`.

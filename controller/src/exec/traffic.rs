@@ -69,6 +69,31 @@ pub async fn current_upstream(
     Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
+/// Writes the upstream file with no server to send traffic to ([`render_upstream`] of no
+/// backends), when there is no file yet: from then on nginx can include it, and
+/// `proxy_pass http://<env>` passes `nginx -t`, before any replica is ready. Returns
+/// whether it wrote one.
+///
+/// Neither tests nor reloads nginx, which may not be set up to include it yet; an existing
+/// file is left to the switch and the drift repairs. So it runs before any `nginx -t` of
+/// Berth's, the first time Berth sees the environment (and again if the file is deleted).
+///
+/// # Errors
+/// Reading or writing the file (its directory must exist): retryable.
+pub async fn ensure_upstream(
+    host: &dyn Host,
+    env: &str,
+    cfg: &NginxTraffic,
+) -> Result<bool, ExecError> {
+    if current_upstream(host, cfg).await?.is_some() {
+        return Ok(false);
+    }
+    let empty = render_upstream(env, &[]);
+    host.write_file(&cfg.upstream_file, empty.as_bytes(), 0o644)
+        .await?;
+    Ok(true)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
     /// The file was rewritten and nginx reloaded.
@@ -277,6 +302,24 @@ mod tests {
         // Hand-written files parse too, as far as they go.
         let hand = "upstream web {\n  server 127.0.0.1:1;  # first\n  server 127.0.0.1:2 down;\n  server x:y;\n}\n";
         assert_eq!(backends_in(hand), vec![b("127.0.0.1", 1)]);
+    }
+
+    #[tokio::test]
+    async fn the_empty_upstream_is_written_without_testing_or_reloading_and_only_when_missing() {
+        let fake = FakeHost::new("h");
+        assert!(ensure_upstream(&fake, "web", &cfg()).await.unwrap());
+        assert_eq!(file(&fake), Some(render_upstream("web", &[])));
+        assert_eq!(
+            fake.mutations(),
+            ["write_file /etc/nginx/upstreams/web.conf"]
+        );
+        // A file there already, Berth's or not, is left to the switch and the repairs.
+        fake.put_file(FILE, b"upstream web { server 127.0.0.1:1; }\n");
+        assert!(!ensure_upstream(&fake, "web", &cfg()).await.unwrap());
+        assert_eq!(
+            file(&fake).as_deref(),
+            Some("upstream web { server 127.0.0.1:1; }\n")
+        );
     }
 
     #[tokio::test]

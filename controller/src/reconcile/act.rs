@@ -8,7 +8,7 @@ use berth_api::environment::EnvironmentSpec;
 use berth_api::HostSpec;
 
 use crate::exec::steps::{self, Ctx, StepResult};
-use crate::exec::ExecError;
+use crate::exec::{traffic, ExecError};
 use crate::model::{Revision, Template};
 use crate::op::{
     Entry, Event, Millis, OpKind, Operation, Outcome, Phase, Status, Step, StepOutput, StepState,
@@ -152,6 +152,7 @@ pub(super) async fn reconcile_env(
         .await?,
     );
     release_stale_pin(ctl, t.env, &desired_hash)?;
+    prepare_switch(ctl, t).await;
     for _ in 0..BURST {
         let view = View::load(&ctl.store, t.env, t.manifest)?;
         let spec = view.spec(t.manifest);
@@ -267,6 +268,28 @@ fn release_stale_pin(
         None,
     );
     Ok(())
+}
+
+/// Gives nginx an upstream file to include before Berth's first `nginx -t` (docs/traffic.md).
+/// A file that cannot be written stops nothing here: the switch step fails on it, saying
+/// why, and drift repairs of the replicas go on meanwhile.
+async fn prepare_switch(ctl: &Controller, t: &Target<'_>) {
+    if let berth_api::environment::Traffic::Nginx(cfg) = &t.manifest.traffic {
+        match traffic::ensure_upstream(t.conn.host.as_ref(), t.env, cfg).await {
+            Ok(false) => {}
+            Err(e) => tracing::debug!(env = t.env, "no empty upstream written: {e}"),
+            Ok(true) => ctl.event(
+                t.env,
+                EventKind::Normal,
+                "UpstreamCreated",
+                format!(
+                    "wrote {} with no server yet: nginx can include it now",
+                    cfg.upstream_file
+                ),
+                None,
+            ),
+        }
+    }
 }
 
 /// Shows `message` (and the manifests' commit) in the environment's status, if new.

@@ -15,6 +15,7 @@
 //! | `backup_ids`    | `backup-ulid`                    | env (index for by-id)   |
 //! | `events`        | seq, u64 big-endian              | [`EventRecord`]         |
 //! | `applied`       | env                              | [`AppliedRecord`]       |
+//! | `notifications` | `op-ulid \0 event`               | [`NotificationRecord`]  |
 //!
 //! # Guarantees
 //! - Every write that can precede a side effect (operations, environment state,
@@ -36,6 +37,7 @@
 mod applied;
 mod error;
 mod events;
+mod notifications;
 mod records;
 mod recover;
 #[cfg(test)]
@@ -59,6 +61,7 @@ use crate::op::{Entry, Event, Operation};
 pub use applied::{AppliedRecord, TakeOver};
 pub use error::StoreError;
 pub use events::Subscription;
+pub use notifications::{Delivery, NotificationRecord};
 pub use records::{
     BackupRecord, EnvState, EventKind, EventRecord, FailedTemplate, NewEvent, PinRecord,
     RevisionRecord,
@@ -82,6 +85,7 @@ const BACKUPS: &str = "backups";
 const BACKUP_IDS: &str = "backup_ids";
 const EVENTS: &str = "events";
 const APPLIED: &str = "applied";
+const NOTIFICATIONS: &str = "notifications";
 
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -114,6 +118,7 @@ struct Trees {
     backup_ids: Tree,
     events: Tree,
     applied: Tree,
+    notifications: Tree,
 }
 
 struct Inner {
@@ -129,6 +134,9 @@ struct Inner {
     /// The last recorded sequence number (`None` before the first event: sled's ids
     /// start at 0); subscribers wait on it, then read the tree.
     new_events: watch::Sender<Option<u64>>,
+    /// Counts journal writes (`begin`, `append`), announced after their flush: the
+    /// notifier wakes on it and reads the operations themselves.
+    journal_writes: watch::Sender<u64>,
     repairs: Vec<Repair>,
 }
 
@@ -189,6 +197,7 @@ impl Store {
             backup_ids: tree(BACKUP_IDS)?,
             events: tree(EVENTS)?,
             applied: tree(APPLIED)?,
+            notifications: tree(NOTIFICATIONS)?,
             db: db.clone(),
         };
         let recovered = recover::check_and_repair(&t)?;
@@ -200,6 +209,7 @@ impl Store {
                 retention: options.event_retention.max(1),
                 event_writer: Mutex::new(recovered.event_count),
                 new_events,
+                journal_writes: watch::channel(0).0,
                 repairs: recovered.repairs,
             }),
         };
@@ -317,7 +327,9 @@ impl Store {
                 Ok(())
             })
             .map_err(tx_err(OPS, &key))?;
-        self.flush()
+        self.flush()?;
+        self.inner.journal_writes.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     /// Appends `event` to operation `op_id`'s log and returns the operation as stored.
@@ -367,6 +379,7 @@ impl Store {
             })
             .map_err(tx_err(OPS, &key))?;
         self.flush()?;
+        self.inner.journal_writes.send_modify(|n| *n += 1);
         Ok(op)
     }
 
