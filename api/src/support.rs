@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn haproxy_is_refused_and_canary_runs_differently_while_approval_and_notify_are_supported() {
-        let spec = env("  traffic: {haproxy: {socket: /s.sock, backend: web}}\n  strategy: {type: Canary, steps: [{weight: 50}]}\n  approval: Required\n  notify: {rollback: [http://127.0.0.1:9/x]}\n");
+        let spec = env("  traffic: {haproxy: {socket: /s.sock, backend: web}}\n  strategy: {type: Canary, steps: [{weight: 50}]}\n  approval: Required\n  notify: {webhooks: [{url: http://127.0.0.1:9/x}]}\n");
         assert_eq!(
             paths(&spec),
             [
