@@ -901,7 +901,7 @@ fn a_rollout_with_a_switch_that_cannot_work_is_refused_before_any_side_effect() 
     let before = w.containers();
     let backups = || std::fs::read_dir(w.path("backups")).map_or(0, |d| d.count());
     let backups_before = backups();
-    // v2 behind HAProxy, which the engine cannot switch yet.
+    // v2 behind an HAProxy whose admin socket is not there: the switch cannot work.
     let nginx_line = "  traffic: {nginx: {upstreamFile:";
     let manifest: String = w
         .manifest(&EnvOpts {

@@ -227,7 +227,6 @@ fn the_sample_manifests_warn_of_what_the_engine_does_not_do_yet() {
     assert_eq!(
         got,
         [
-            "demo-prod.yaml:38:7 spec.traffic.haproxy Warning",
             "hosts.yaml:22:12 spec.address Warning",
             "hosts.yaml:35:12 spec.address Warning",
         ]

@@ -598,7 +598,7 @@ fn traffic() -> Shape {
             (
                 "haproxy",
                 object(
-                    "HAProxy runtime API: servers set ready, drain or maint without a reload. Not supported yet: an environment using it is not rolled out (`berthctl validate` warns).",
+                    "HAProxy runtime API: servers set ready, drain or maint without a reload. Servers come from a `server-template` pool; the state is also written to `stateFile` so a reload keeps it.",
                     vec![
                         field(
                             "socket",

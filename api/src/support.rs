@@ -28,10 +28,10 @@ pub struct Unsupported {
     pub effect: Effect,
 }
 
-const HAPROXY: Unsupported = Unsupported {
-    path: "spec.traffic.haproxy",
-    message: "not supported yet: an environment with traffic.haproxy is not rolled out (no side effect); use traffic.nginx or none",
-    effect: Effect::Refused,
+const HAPROXY_PORT: Unsupported = Unsupported {
+    path: "spec.traffic.haproxy.port",
+    message: "not supported yet: traffic goes to the first of spec.ports; this port is ignored",
+    effect: Effect::Differs,
 };
 
 const CANARY: Unsupported = Unsupported {
@@ -62,25 +62,33 @@ pub fn unsupported(env: &EnvironmentSpec) -> Vec<Unsupported> {
     match &env.traffic {
         Traffic::None => {}
         Traffic::Nginx(n) => {
-            // The switch targets the host port of the first container port: naming that
-            // port is honoured, naming another is not (naming none is an error already).
-            let index = n.port.as_ref().and_then(|r| {
-                env.ports.iter().position(|p| match r {
-                    PortRef::Name(name) => &p.name == name,
-                    PortRef::Number(num) => p.container_port == *num,
-                })
-            });
-            if index.is_some_and(|i| i > 0) {
+            if names_a_later_port(env, n.port.as_ref()) {
                 out.push(NGINX_PORT);
             }
         }
-        Traffic::Haproxy(_) => out.push(HAPROXY),
+        Traffic::Haproxy(h) => {
+            if names_a_later_port(env, h.port.as_ref()) {
+                out.push(HAPROXY_PORT);
+            }
+        }
     }
     match env.strategy.kind {
         StrategyType::Canary => out.push(CANARY),
         StrategyType::Recreate | StrategyType::BlueGreen => {}
     }
     out
+}
+
+/// The switch targets the host port of the first container port: naming that port is
+/// honoured, naming another is not (naming none is an error already).
+fn names_a_later_port(env: &EnvironmentSpec, port: Option<&PortRef>) -> bool {
+    let index = port.and_then(|r| {
+        env.ports.iter().position(|p| match r {
+            PortRef::Name(name) => &p.name == name,
+            PortRef::Number(num) => p.container_port == *num,
+        })
+    });
+    index.is_some_and(|i| i > 0)
 }
 
 /// Like [`unsupported`], for a Host: an SSH host is not connected to, so the engine
@@ -123,14 +131,13 @@ mod tests {
     }
 
     #[test]
-    fn haproxy_is_refused_and_canary_runs_differently_while_approval_and_notify_are_supported() {
+    fn canary_runs_differently_while_haproxy_approval_and_notify_are_supported() {
         let spec = env("  traffic: {haproxy: {socket: /s.sock, backend: web}}\n  strategy: {type: Canary, steps: [{weight: 50}]}\n  approval: Required\n  notify: {webhooks: [{url: http://127.0.0.1:9/x}]}\n");
+        assert_eq!(paths(&spec), [("spec.strategy.type", Effect::Differs)]);
+        let spec = env("  traffic: {haproxy: {socket: /s.sock, backend: web, port: admin}}\n");
         assert_eq!(
             paths(&spec),
-            [
-                ("spec.traffic.haproxy", Effect::Refused),
-                ("spec.strategy.type", Effect::Differs),
-            ]
+            [("spec.traffic.haproxy.port", Effect::Differs)]
         );
     }
 

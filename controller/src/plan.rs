@@ -268,6 +268,9 @@ pub struct Preflight {
     /// Prerequisites of a step that the host lacks (a backup source that is not running,
     /// a `pg_dump` that is not there), with why.
     pub missing: Vec<(Step, String)>,
+    /// How many slots (`<serverPrefix>N` servers) the HAProxy backend has, when the
+    /// environment switches through HAProxy and its admin socket answered.
+    pub haproxy_slots: Option<usize>,
 }
 
 /// Whether an operation may begin: decided before its first side effect, so a rollout
@@ -306,6 +309,16 @@ pub fn preflight(spec: &EnvironmentSpec, steps: &[Step], facts: &Preflight) -> G
         .filter(|u| u.effect == berth_api::support::Effect::Refused)
         .map(|u| format!("{}: {}", u.path, u.message))
         .collect();
+    if let (Traffic::Haproxy(h), Some(slots)) = (&spec.traffic, facts.haproxy_slots) {
+        // Old and new revision serve side by side during a switch, each replica on a slot.
+        let needed = 2 * spec.replicas as usize;
+        if steps.contains(&Step::SwitchTraffic) && slots < needed {
+            reasons.push(format!(
+                "spec.traffic.haproxy: backend {} has {slots} server(s) named {}N, {needed} are needed (twice the replicas: old and new revision side by side); declare more with `server-template {} 1-{needed}`",
+                h.backend, h.server_prefix, h.server_prefix
+            ));
+        }
+    }
     for (step, why) in &facts.missing {
         if steps.contains(step) {
             reasons.push(format!("{}: {why}", step.name()));

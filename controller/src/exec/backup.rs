@@ -999,6 +999,9 @@ pub(crate) mod shell_fake {
         async fn connect(&self, addr: &str, port: u16) -> Result<Box<dyn Conn>> {
             self.0.connect(addr, port).await
         }
+        async fn connect_unix(&self, path: &str) -> Result<Box<dyn Conn>> {
+            self.0.connect_unix(path).await
+        }
         async fn events(&self) -> Result<BoxStream<'static, Result<ContainerEvent>>> {
             self.0.events().await
         }

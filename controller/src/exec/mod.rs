@@ -7,6 +7,7 @@
 
 pub mod backup;
 pub mod containers;
+pub mod haproxy;
 pub mod http;
 pub mod migrate;
 pub mod monitor;

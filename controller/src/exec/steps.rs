@@ -11,7 +11,7 @@ use berth_api::HostSpec;
 use crate::exec::backup::{self, Catalogued, ResolvedSource};
 use crate::exec::containers::{allocate_ports, migrate_spec, replica_spec, revisions_to_prune};
 use crate::exec::migrate::{self, Progress};
-use crate::exec::{smoke, traffic, ExecError};
+use crate::exec::{haproxy, smoke, traffic, ExecError};
 use crate::host::{Created, Host};
 use crate::model::{
     replica_name, ContainerInfo, ContainerSpec, ContainerState, Revision, Role, Template,
@@ -350,6 +350,18 @@ fn image_of(cx: &Ctx<'_>, rev: Revision, template: &Template) -> Result<String, 
 }
 
 async fn stop_revision(cx: &Ctx<'_>, rev: Revision) -> Result<(), ExecError> {
+    if let Traffic::Haproxy(cfg) = &cx.spec.traffic {
+        // Its drained slots have nothing left to finish: to maintenance, before the
+        // replicas go, so HAProxy never counts them as failing servers.
+        let ports: Vec<u16> = cx
+            .containers()
+            .await?
+            .iter()
+            .filter(|c| c.role == Role::App && c.revision == rev)
+            .filter_map(|c| c.port)
+            .collect();
+        haproxy::retire(cx.host, cfg, &ports).await?;
+    }
     for c in cx.containers().await? {
         if c.role == Role::App && c.revision == rev && c.state == ContainerState::Running {
             cx.host.stop(&c.name, STOP_GRACE).await?;
@@ -386,7 +398,17 @@ fn switch_note(spec: &EnvironmentSpec) -> StepOutput {
             "wrote {}; tested with `{}`, reloaded with `{}`",
             cfg.upstream_file, cfg.test, cfg.reload
         )),
-        Traffic::None | Traffic::Haproxy(_) => StepOutput::None,
+        Traffic::Haproxy(cfg) => StepOutput::Note(format!(
+            "set servers {}N of backend {} through {}{}",
+            cfg.server_prefix,
+            cfg.backend,
+            cfg.socket,
+            cfg.state_file
+                .as_ref()
+                .map(|f| format!("; state saved to {f}"))
+                .unwrap_or_default()
+        )),
+        Traffic::None => StepOutput::None,
     }
 }
 
@@ -406,12 +428,29 @@ pub async fn sync_traffic(cx: &Ctx<'_>, ports: &[u16]) -> Result<(), ExecError> 
             }
             Ok(())
         }
-        Traffic::Haproxy(_) => Err(cx.failed(
-            "traffic switch",
-            "the haproxy switch is not supported yet",
-            false,
-        )),
+        Traffic::Haproxy(cfg) => {
+            let desired = haproxy_desired(cx.spec, ports);
+            haproxy::apply(cx.host, cfg, &desired).await?;
+            Ok(())
+        }
     }
+}
+
+/// What the HAProxy backend should serve for `ports`: one server per port, at the
+/// address replicas publish on, all of the same weight.
+fn haproxy_desired(spec: &EnvironmentSpec, ports: &[u16]) -> Vec<haproxy::Desired> {
+    let addr = publish_addr(spec);
+    let mut out: Vec<haproxy::Desired> = ports
+        .iter()
+        .map(|p| haproxy::Desired {
+            addr: addr.to_owned(),
+            port: *p,
+            weight: haproxy::WEIGHT,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The traffic switch's ports now, if the file is exactly what Berth would write for them
@@ -422,7 +461,23 @@ pub async fn observe_traffic(
     spec: &EnvironmentSpec,
 ) -> Result<Option<Vec<u16>>, ExecError> {
     match &spec.traffic {
-        Traffic::None | Traffic::Haproxy(_) => Ok(None),
+        Traffic::None => Ok(None),
+        Traffic::Haproxy(cfg) => {
+            let servers = haproxy::observe(host, cfg).await?;
+            let serving = haproxy::serving(&servers, &cfg.server_prefix);
+            let ports: Vec<u16> = serving.iter().map(|d| d.port).collect();
+            // Ours only if it is exactly what Berth sets for those ports: the replicas'
+            // address and weight (a hand-set address or weight is drift).
+            if serving != haproxy_desired(spec, &ports) {
+                return Ok(None);
+            }
+            // A state file that would not bring the same switch back after a reload is
+            // drift too: the repair rewrites it.
+            if !haproxy::state_file_in_sync(host, cfg).await? {
+                return Ok(None);
+            }
+            Ok(Some(ports))
+        }
         Traffic::Nginx(cfg) => {
             let Some(text) = traffic::current_upstream(host, cfg).await? else {
                 return Ok(None);

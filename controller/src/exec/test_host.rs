@@ -99,6 +99,9 @@ impl Host for SlowHost {
             }),
         }
     }
+    async fn connect_unix(&self, _: &str) -> Result<Box<dyn Conn>> {
+        refused("connect_unix")
+    }
     async fn events(&self) -> Result<BoxStream<'static, Result<ContainerEvent>>> {
         refused("events")
     }

@@ -36,6 +36,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 
+mod haproxy;
+pub use haproxy::FakeHaproxy;
+
 use super::engine::parse_env_file;
 use super::{Conn, ContainerEvent, Created, Host, HostError, Output, Pulled, Result};
 use crate::model::{ContainerInfo, ContainerSpec, ContainerState};
@@ -68,6 +71,7 @@ struct State {
     execs: Vec<(String, Output)>,
     on_start: Vec<(String, ContainerState)>,
     servers: BTreeMap<u16, Handler>,
+    haproxies: BTreeMap<String, FakeHaproxy>,
     fail_next: Vec<(String, HostError)>,
     fail_at: BTreeMap<usize, bool>,
     mutating: usize,
@@ -114,6 +118,7 @@ impl FakeHost {
                 execs: Vec::new(),
                 on_start: Vec::new(),
                 servers: BTreeMap::new(),
+                haproxies: BTreeMap::new(),
                 fail_next: Vec::new(),
                 fail_at: BTreeMap::new(),
                 mutating: 0,
@@ -212,6 +217,11 @@ impl FakeHost {
     /// container publishes that port, it answers only while the container runs.
     pub fn serve(&self, port: u16, handler: impl Fn(&[u8]) -> Vec<u8> + Send + Sync + 'static) {
         self.lock().servers.insert(port, Arc::new(handler));
+    }
+
+    /// An HAProxy whose admin socket is `path` on the host.
+    pub fn add_haproxy(&self, path: &str, haproxy: FakeHaproxy) {
+        self.lock().haproxies.insert(path.to_owned(), haproxy);
     }
 
     /// An event, as if Docker reported it.
@@ -731,6 +741,35 @@ impl Host for FakeHost {
             if !request.is_empty() {
                 let _ = server.write_all(&handler(&request)).await;
             }
+            let _ = server.shutdown().await;
+        });
+        Ok(Box::new(client))
+    }
+
+    async fn connect_unix(&self, path: &str) -> Result<Box<dyn Conn>> {
+        let haproxy = {
+            let mut s = self.lock();
+            s.begin(&self.name, "connect_unix", path, false)?;
+            s.haproxies.get(path).cloned()
+        };
+        let haproxy = haproxy.ok_or_else(|| HostError::File {
+            host: self.name.clone(),
+            path: path.to_owned(),
+            message: "cannot connect: No such file or directory".into(),
+        })?;
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            // Non-interactive mode, as Berth uses it: one line in, one answer out.
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while let Ok(1) = server.read(&mut byte).await {
+                if byte[0] == b'\n' {
+                    break;
+                }
+                line.push(byte[0]);
+            }
+            let answer = haproxy.answer(String::from_utf8_lossy(&line).trim());
+            let _ = server.write_all(answer.as_bytes()).await;
             let _ = server.shutdown().await;
         });
         Ok(Box::new(client))

@@ -251,6 +251,19 @@ impl Host for LocalHost {
         Ok(Box::new(stream))
     }
 
+    async fn connect_unix(&self, path: &str) -> Result<Box<dyn Conn>> {
+        let err = |message: String| HostError::File {
+            host: self.name.clone(),
+            path: path.to_owned(),
+            message,
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
+            .await
+            .map_err(|_| err(format!("no answer in {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| err(format!("cannot connect: {e}")))?;
+        Ok(Box::new(stream))
+    }
+
     async fn events(&self) -> Result<BoxStream<'static, Result<ContainerEvent>>> {
         // The engine runs on this machine, so this clock is its clock.
         let now = SystemTime::now()

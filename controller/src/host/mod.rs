@@ -199,6 +199,10 @@ pub trait Host: Send + Sync + 'static {
     /// 127.0.0.1, where replicas are published).
     async fn connect(&self, addr: &str, port: u16) -> Result<Box<dyn Conn>>;
 
+    /// A stream to the unix socket at `path` on the host (HAProxy's admin socket).
+    /// Errors are [`HostError::File`] naming the path.
+    async fn connect_unix(&self, path: &str) -> Result<Box<dyn Conn>>;
+
     /// Container events of Berth's containers, until the connection drops.
     async fn events(&self) -> Result<BoxStream<'static, Result<ContainerEvent>>>;
 

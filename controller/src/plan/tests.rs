@@ -1149,6 +1149,7 @@ fn preflight_waits_for_dependencies_then_refuses_what_cannot_be_done() {
             Backup,
             "the backup source, container db, is not running".into(),
         )],
+        haproxy_slots: None,
     };
     assert_eq!(
         preflight(&s, &steps, &facts),
@@ -1172,16 +1173,33 @@ fn preflight_waits_for_dependencies_then_refuses_what_cannot_be_done() {
         preflight(&no_backup, &steps_for(&no_backup, Some(1)), &facts),
         Gate::Go
     );
+}
+
+#[test]
+fn preflight_refuses_an_haproxy_pool_with_fewer_slots_than_twice_the_replicas() {
     let haproxy = spec_with("  traffic: {haproxy: {socket: /s, backend: b}}\n", 2);
-    let gate = preflight(
-        &haproxy,
-        &steps_for(&haproxy, Some(1)),
-        &Preflight::default(),
+    let steps = steps_for(&haproxy, Some(1));
+    let slots = |n| Preflight {
+        haproxy_slots: Some(n),
+        ..Preflight::default()
+    };
+    assert_eq!(preflight(&haproxy, &steps, &Preflight::default()), Gate::Go);
+    assert_eq!(preflight(&haproxy, &steps, &slots(4)), Gate::Go);
+    assert_eq!(
+        preflight(&haproxy, &steps, &slots(3)),
+        Gate::Refuse {
+            reasons: vec!["spec.traffic.haproxy: backend b has 3 server(s) named appN, 4 are needed (twice the replicas: old and new revision side by side); declare more with `server-template app 1-4`".into()]
+        }
     );
-    assert!(
-        matches!(&gate, Gate::Refuse { reasons } if reasons[0].starts_with("spec.traffic.haproxy: not supported yet")),
-        "{gate:?}"
-    );
+    // An unreachable socket is a missing prerequisite of the switch.
+    let facts = Preflight {
+        missing: vec![(SwitchTraffic, "HAProxy: host h: /s: cannot connect".into())],
+        ..Preflight::default()
+    };
+    assert!(matches!(
+        preflight(&haproxy, &steps, &facts),
+        Gate::Refuse { .. }
+    ));
 }
 
 // ---- Operator verbs: undo (pin) and abort ------------------------------------------

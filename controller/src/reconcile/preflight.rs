@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use berth_api::environment::{BackupTarget, PostgresSource};
+use berth_api::environment::{BackupTarget, PostgresSource, Traffic};
+
+use crate::exec::haproxy;
 
 use crate::model::{ContainerState, Role};
 use crate::op::Step;
@@ -18,7 +20,20 @@ pub(super) async fn gather(ctl: &Arc<Controller>, t: &Target<'_>, steps: &[Step]
     let mut facts = Preflight {
         unready_dependencies: ctl.unready_dependencies(t.env, t.manifest).await,
         missing: Vec::new(),
+        haproxy_slots: None,
     };
+    if let (Traffic::Haproxy(cfg), true) =
+        (&t.manifest.traffic, steps.contains(&Step::SwitchTraffic))
+    {
+        match haproxy::observe(t.conn.host.as_ref(), cfg).await {
+            Ok(servers) => {
+                facts.haproxy_slots = Some(haproxy::pool(&servers, &cfg.server_prefix).len())
+            }
+            Err(e) => facts
+                .missing
+                .push((Step::SwitchTraffic, format!("traffic.haproxy: {e}"))),
+        }
+    }
     if steps.contains(&Step::Backup) {
         if let Some(why) = backup_source_missing(t).await {
             facts.missing.push((Step::Backup, why));
