@@ -26,7 +26,6 @@ use support::lab::{create_database, drop_database};
 use support::net::free_port;
 
 const REGISTRY: &str = "127.0.0.1:5000/berth/demo-app";
-const SLOTS: usize = 4;
 /// Host ports of this test's replicas (no other test uses this range).
 const PORT_BASE: u16 = 34100;
 
@@ -79,36 +78,20 @@ impl World {
         self.path("admin.sock").display().to_string()
     }
 
-    /// The configuration of docs/traffic.md, with our paths and port.
+    /// The configuration of docs/traffic.md, with our paths, port and backend.
     fn haproxy_cfg(&self) -> String {
-        format!(
-            "global
-    stats socket {d}/admin.sock mode 600 level admin
-    server-state-file {d}/server-state
+        self.adapt(&doc_block("haproxy"))
+    }
 
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    load-server-state-from-file global
-    option redispatch
-    retries 3
-
-frontend {env}
-    bind 127.0.0.1:{port}
-    default_backend {env}
-
-backend {env}
-    balance roundrobin
-    option httpchk GET /ready
-    default-server check inter 1s fall 2 rise 1
-    server-template app 1-{SLOTS} 127.0.0.1:9 disabled
-",
-            d = self.dir.path().display(),
-            env = self.env,
-            port = self.port
-        )
+    /// docs/traffic.md's example moved into our directory, onto our port, for our
+    /// environment, and onto the demo app's port.
+    fn adapt(&self, text: &str) -> String {
+        let d = self.dir.path().display().to_string();
+        text.replace("/run/haproxy/", &format!("{d}/"))
+            .replace("/var/lib/haproxy/", &format!("{d}/"))
+            .replace("bind :80", &format!("bind 127.0.0.1:{}", self.port))
+            .replace("containerPort: 8000", "containerPort: 8080")
+            .replace("shop", &self.env)
     }
 
     /// A graceful reload: a new HAProxy takes over (loading the state file), the old one
@@ -174,13 +157,13 @@ backend {env}
             format!("  image: {REGISTRY}:{image}"),
             "  replicas: 2".to_owned(),
             format!("  envFiles: [{dir}/app.env]"),
-            "  ports: [{name: http, containerPort: 8080}]".to_owned(),
+            // `ports` and `traffic`, as docs/traffic.md writes them.
+            self.adapt(doc_block("haproxy-manifest").trim_end()),
             "  networks: [berth-lab]".to_owned(),
             "  health:".to_owned(),
             "    readiness: {http: {path: /ready, port: http}, interval: 500ms, timeout: 1s, failureThreshold: 2}".to_owned(),
             "    liveness: {http: {path: /health, port: http}, interval: 1s, failureThreshold: 2}".to_owned(),
             "  strategy: {type: BlueGreen, progressDeadline: 20s, verifyFor: 2s, drainFor: 2s}".to_owned(),
-            format!("  traffic: {{haproxy: {{socket: {dir}/admin.sock, backend: {env}, serverPrefix: app, stateFile: {dir}/server-state}}}}"),
             "  migration: {policy: BackwardCompatible, command: [/demo-app, migrate], timeout: 2m}".to_owned(),
             format!("  backup: {{postgres: {{container: berth-lab-db, database: {env}, user: demo}}, directory: {dir}/backups, keep: 3}}"),
         ]
@@ -293,6 +276,20 @@ impl Drop for World {
             eprintln!("berthd log of {}:\n{}", self.env, tail(&self.log(), 80));
         }
     }
+}
+
+/// The fenced block right after `<!-- traffic-test: {tag} -->` in docs/traffic.md.
+fn doc_block(tag: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/traffic.md");
+    let doc = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let marker = format!("<!-- traffic-test: {tag} -->");
+    let after = doc
+        .split_once(&marker)
+        .unwrap_or_else(|| panic!("docs/traffic.md has no {marker}"))
+        .1;
+    let body = &after[after.find("```").expect("a fenced block after the marker")..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    body[..body.find("```").expect("the block's end")].to_owned()
 }
 
 fn tail(s: &str, n: usize) -> String {
