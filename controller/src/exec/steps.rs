@@ -704,3 +704,64 @@ pub async fn repair(cx: &Ctx<'_>, r: &Repair) -> Result<(), ExecError> {
         Repair::SyncTraffic { ports, .. } => sync_traffic(cx, ports).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::{FakeHaproxy, FakeHost};
+
+    const SOCK: &str = "/run/haproxy/admin.sock";
+    const STATE: &str = "/var/lib/haproxy/server-state";
+
+    fn spec() -> EnvironmentSpec {
+        let text = format!(
+            "apiVersion: berth.dev/v1\nkind: Host\nmetadata: {{name: h}}\nspec: {{address: local}}\n---\napiVersion: berth.dev/v1\nkind: Environment\nmetadata: {{name: web}}\nspec:\n  host: h\n  image: app:v1\n  ports: [{{name: http, containerPort: 8080}}]\n  traffic: {{haproxy: {{socket: {SOCK}, backend: web, stateFile: {STATE}}}}}\n"
+        );
+        let m = berth_api::load_texts(vec![("t.yaml".into(), text)])
+            .into_manifests()
+            .map_err(|l| l.diagnostics)
+            .unwrap();
+        m.environments["web"].spec.clone()
+    }
+
+    #[tokio::test]
+    async fn haproxy_traffic_is_ours_only_as_berth_set_it_state_file_included() {
+        let host = FakeHost::new("h");
+        let ha = FakeHaproxy::new("web", "app", 4);
+        host.add_haproxy(SOCK, ha.clone());
+        let spec = spec();
+        let Traffic::Haproxy(cfg) = &spec.traffic else {
+            unreachable!("the spec switches through haproxy")
+        };
+        // Nothing set yet: no slot serves, the state file is missing.
+        assert_eq!(observe_traffic(&host, "web", &spec).await.unwrap(), None);
+
+        let desired = haproxy_desired(&spec, &[20002, 20001]);
+        haproxy::apply(&host, cfg, &desired).await.unwrap();
+        assert_eq!(
+            observe_traffic(&host, "web", &spec).await.unwrap(),
+            Some(vec![20001, 20002])
+        );
+
+        // Hand changes: another weight or address is not ours; a slot in maintenance
+        // serves no more (the planner compares the ports).
+        ha.hand("set server web/app1 weight 5");
+        assert_eq!(observe_traffic(&host, "web", &spec).await.unwrap(), None);
+        ha.hand("set server web/app1 weight 1");
+        ha.hand("set server web/app2 addr 127.0.0.9 port 20002");
+        assert_eq!(observe_traffic(&host, "web", &spec).await.unwrap(), None);
+        haproxy::apply(&host, cfg, &desired).await.unwrap();
+        ha.hand("set server web/app1 state maint");
+        // The state file still says ready: not what HAProxy would come back to is drift.
+        assert_eq!(observe_traffic(&host, "web", &spec).await.unwrap(), None);
+        haproxy::apply(&host, cfg, &desired).await.unwrap();
+        assert_eq!(
+            observe_traffic(&host, "web", &spec).await.unwrap(),
+            Some(vec![20001, 20002])
+        );
+
+        // A state file deleted or edited is drift too.
+        host.put_file(STATE, b"1\n");
+        assert_eq!(observe_traffic(&host, "web", &spec).await.unwrap(), None);
+    }
+}
