@@ -463,7 +463,17 @@ pub async fn observe_traffic(
     match &spec.traffic {
         Traffic::None => Ok(None),
         Traffic::Haproxy(cfg) => {
-            let servers = haproxy::observe(host, cfg).await?;
+            // An HAProxy that does not answer (not started yet, or the spec's socket
+            // is wrong) is traffic in an unknown state, not a failed observation: the
+            // repair or the preflight that needs the socket reports why, and the
+            // rest of the environment is still reconciled.
+            let servers = match haproxy::observe(host, cfg).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(env, "traffic not observed: {e}");
+                    return Ok(None);
+                }
+            };
             let serving = haproxy::serving(&servers, &cfg.server_prefix);
             let ports: Vec<u16> = serving.iter().map(|d| d.port).collect();
             // Ours only if it is exactly what Berth sets for those ports: the replicas'
@@ -763,5 +773,13 @@ mod tests {
         // A state file deleted or edited is drift too.
         host.put_file(STATE, b"1\n");
         assert_eq!(observe_traffic(&host, "web", &spec).await.unwrap(), None);
+
+        // An HAProxy that does not answer: traffic unknown, not an error of the whole
+        // observation.
+        let elsewhere = FakeHost::new("h");
+        assert_eq!(
+            observe_traffic(&elsewhere, "web", &spec).await.unwrap(),
+            None
+        );
     }
 }
