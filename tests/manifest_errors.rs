@@ -231,8 +231,6 @@ fn the_sample_manifests_warn_of_what_the_engine_does_not_do_yet() {
             "demo-prod.yaml:57:13 spec.approval Warning",
             "demo-prod.yaml:60:5 spec.notify Warning",
             "demo-stage.yaml:42:5 spec.notify Warning",
-            "hosts.yaml:22:12 spec.address Warning",
-            "hosts.yaml:35:12 spec.address Warning",
         ]
     );
 }

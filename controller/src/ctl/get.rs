@@ -252,7 +252,6 @@ pub fn hosts_status_table(
             Some(HostPhase::Reachable) => "yes".to_owned(),
             Some(HostPhase::Connecting) => "connecting".to_owned(),
             Some(HostPhase::Unreachable) => "no".to_owned(),
-            Some(HostPhase::NotSupported) => "unsupported".to_owned(),
         };
         let last_seen = st
             .and_then(|s| s.last_seen.as_deref())
