@@ -1,10 +1,17 @@
 //! `SshHost`: a VM reached over SSH (`address: ssh://user@host[:port]`), with no `ssh`
 //! binary and no Docker TCP port on the VM.
 //!
-//! One russh connection per host ([`session`]) carries everything: the Docker API over
-//! `direct-streamlocal` channels to the host's `dockerSocket` ([`transport`], into the
-//! same [`Engine`] a local host uses), host commands and files over `exec` channels
-//! ([`remote`]), probe connections over `direct-tcpip`.
+//! Two long-lived russh connections per host ([`session`]): one carries the Docker API
+//! over `direct-streamlocal` channels to the host's `dockerSocket` ([`transport`], into
+//! the same [`Engine`] a local host uses) and probe connections over `direct-tcpip`; the
+//! other carries host commands and files over `exec` channels ([`remote`]).
+//!
+//! Why two: russh grants a channel more window as soon as data arrives, and its
+//! connection task waits for a channel's reader to take each message. A dump streamed
+//! from a Docker exec into a host file reads one channel only as fast as it can write the
+//! other, so on one connection the writer waited for a window adjustment that the
+//! connection task, stuck on the unread Docker channel, never processed: it stopped
+//! after 2 MiB. On two connections each side progresses on its own.
 //!
 //! # Guarantees
 //! - The host key is verified against `knownHostsFile` before anything is sent; an
@@ -42,7 +49,10 @@ const DOCKER_TIMEOUT: u64 = 120;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 pub struct SshHost {
+    /// Commands and files.
     session: Arc<Session>,
+    /// Docker API and TCP connections.
+    tunnel: Arc<Session>,
     engine: Engine,
 }
 
@@ -82,9 +92,10 @@ impl SshHost {
             host: name.to_owned(),
             message,
         })?;
+        let tunnel = Arc::new(Session::connect(target.clone()).await?);
         let session = Arc::new(Session::connect(target).await?);
         let docker = transport::docker(
-            session.clone(),
+            tunnel.clone(),
             spec.docker_socket.clone(),
             DOCKER_TIMEOUT,
             API_DEFAULT_VERSION,
@@ -95,7 +106,11 @@ impl SshHost {
         })?;
         let engine =
             Engine::new(name, docker, spec.registry_auth.as_ref().map(PathBuf::from)).await?;
-        Ok(SshHost { session, engine })
+        Ok(SshHost {
+            session,
+            tunnel,
+            engine,
+        })
     }
 
     async fn command(&self, what: &str, script: &str) -> Result<Output> {
@@ -246,7 +261,7 @@ impl Host for SshHost {
 
     async fn connect(&self, addr: &str, port: u16) -> Result<Box<dyn Conn>> {
         let channel =
-            tokio::time::timeout(Duration::from_secs(10), self.session.open_tcp(addr, port))
+            tokio::time::timeout(Duration::from_secs(10), self.tunnel.open_tcp(addr, port))
                 .await
                 .map_err(|_| HostError::Connect {
                     host: self.session.name().to_owned(),
@@ -272,6 +287,9 @@ impl Host for SshHost {
     }
 
     async fn lost(&self) -> String {
-        self.session.lost().await
+        tokio::select! {
+            why = self.session.lost() => why,
+            why = self.tunnel.lost() => why,
+        }
     }
 }

@@ -123,8 +123,9 @@ async fn run_inner(
         let mut out = Vec::new();
         let mut truncated = false;
         let mut stderr = Vec::new();
+        let mut status = None;
         let code = loop {
-            match next_chunk(&mut read).await {
+            match next_chunk(&mut read, &mut status).await {
                 Chunk::Data(data) => {
                     let room = limit.saturating_sub(out.len());
                     truncated |= data.len() > room;
@@ -214,7 +215,9 @@ pub(crate) async fn write_file(
 /// A file being streamed to the host, under a temporary name until [`RemoteFile::commit`].
 pub(crate) struct RemoteFile {
     pub writer: Box<dyn AsyncWrite + Unpin + Send>,
-    read: ChannelReadHalf,
+    /// Reads the channel from the start: russh queues window adjustments there, and a
+    /// queue nobody empties would stall the whole connection. Its exit code and stderr.
+    reader: tokio::task::JoinHandle<(Option<i64>, Vec<u8>)>,
     write: russh::ChannelWriteHalf<russh::client::Msg>,
     _permits: Vec<tokio::sync::OwnedSemaphorePermit>,
     tmp: String,
@@ -236,10 +239,23 @@ impl RemoteFile {
         let channel = session
             .open_exec(&format!("exec sh -c {}", quote(&script)))
             .await?;
-        let (read, write) = channel.inner.split();
+        let (mut read, write) = channel.inner.split();
+        let reader = tokio::spawn(async move {
+            let mut stderr = Vec::new();
+            let mut status = None;
+            let code = loop {
+                match next_chunk(&mut read, &mut status).await {
+                    Chunk::Data(_) => {}
+                    Chunk::Stderr(data) => push_capped(&mut stderr, &data),
+                    Chunk::Exit(code) => break Some(code),
+                    Chunk::Lost => break None,
+                }
+            };
+            (code, stderr)
+        });
         Ok(RemoteFile {
             writer: Box::new(write.make_writer()),
-            read,
+            reader,
             write,
             _permits: channel.permits,
             tmp,
@@ -257,15 +273,7 @@ impl RemoteFile {
             .await
             .map_err(|e| file_err(session, &path, e.to_string()))?;
         let _ = self.write.eof().await;
-        let mut stderr = Vec::new();
-        let code = loop {
-            match next_chunk(&mut self.read).await {
-                Chunk::Data(_) => {}
-                Chunk::Stderr(data) => push_capped(&mut stderr, &data),
-                Chunk::Exit(code) => break Some(code),
-                Chunk::Lost => break None,
-            }
-        };
+        let (code, stderr) = (&mut self.reader).await.unwrap_or((None, Vec::new()));
         let raw = Raw {
             exit_code: code.ok_or_else(|| HostError::Unreachable {
                 host: session.name().to_owned(),
@@ -298,6 +306,8 @@ impl RemoteFile {
     /// removes it otherwise).
     pub async fn abandon(self, session: &Session) {
         let tmp = self.tmp.clone();
+        self.reader.abort();
+        let _ = self.write.close().await;
         drop(self);
         let _ = remove_file(session, &tmp).await;
     }
@@ -320,29 +330,35 @@ pub(crate) async fn stream_file(
     let (mut read, write) = channel.inner.split();
     let _ = write.eof().await;
     // The first message tells an absent file from a present one.
-    let first = next_chunk(&mut read).await;
+    let mut status = None;
+    let first = next_chunk(&mut read, &mut status).await;
     if let Chunk::Exit(ABSENT) = first {
         return Ok(None);
     }
-    let state = (Some(first), Some((read, write, permits)), Vec::new());
+    let state = (
+        Some(first),
+        Some((read, write, permits, status)),
+        Vec::new(),
+    );
     let path = path.to_owned();
     Ok(Some(
         stream::unfold(state, move |(pending, ch, mut stderr)| {
             let path = path.clone();
             async move {
-                let (mut read, write, permits) = ch?;
+                let (mut read, write, permits, mut status) = ch?;
                 let mut chunk = match pending {
                     Some(c) => c,
-                    None => next_chunk(&mut read).await,
+                    None => next_chunk(&mut read, &mut status).await,
                 };
                 loop {
                     match chunk {
                         Chunk::Data(d) => {
-                            return Some((Ok(d), (None, Some((read, write, permits)), stderr)))
+                            let ch = Some((read, write, permits, status));
+                            return Some((Ok(d), (None, ch, stderr)));
                         }
                         Chunk::Stderr(e) => {
                             push_capped(&mut stderr, &e);
-                            chunk = next_chunk(&mut read).await;
+                            chunk = next_chunk(&mut read, &mut status).await;
                         }
                         Chunk::Exit(0) => return None,
                         Chunk::Exit(code) => {
@@ -382,19 +398,21 @@ enum Chunk {
     Lost,
 }
 
-async fn next_chunk(read: &mut ChannelReadHalf) -> Chunk {
-    let mut code = None;
+/// The channel's next message that matters. The exit status may come before the last
+/// of stdout (sshd sends it when the command exits, with output still buffered), so it
+/// is kept in `code` until the channel closes.
+async fn next_chunk(read: &mut ChannelReadHalf, code: &mut Option<i64>) -> Chunk {
     while let Some(msg) = read.wait().await {
         match msg {
             ChannelMsg::Data { data } => return Chunk::Data(data),
             ChannelMsg::ExtendedData { data, .. } => return Chunk::Stderr(data),
-            ChannelMsg::ExitStatus { exit_status } => code = Some(i64::from(exit_status)),
-            ChannelMsg::ExitSignal { .. } => code = Some(128 + 9),
+            ChannelMsg::ExitStatus { exit_status } => *code = Some(i64::from(exit_status)),
+            ChannelMsg::ExitSignal { .. } => *code = Some(128 + 9),
             ChannelMsg::Close => break,
             _ => {}
         }
     }
-    match code {
+    match *code {
         Some(c) => Chunk::Exit(c),
         None => Chunk::Lost,
     }
