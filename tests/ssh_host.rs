@@ -124,7 +124,7 @@ async fn an_unknown_host_key_is_refused_with_its_fingerprint_and_no_login() {
     let err = refusal(&sshd).await;
     let fp = sshd.fingerprint();
     assert!(
-        err.contains(&format!("offered ssh-ed25519 {fp}")),
+        err.contains(&format!("ssh-ed25519 {fp} offered by")),
         "{err} (expected {fp})"
     );
     assert!(err.contains("host key not trusted"), "{err}");
@@ -141,7 +141,10 @@ async fn a_changed_host_key_is_refused_with_its_fingerprint_and_no_login() {
     let err = refusal(&sshd).await;
     let fp = sshd.fingerprint();
     assert!(err.contains("HOST KEY CHANGED"), "{err}");
-    assert!(err.contains(&format!("offered ssh-ed25519 {fp}")), "{err}");
+    assert!(
+        err.contains(&format!("ssh-ed25519 {fp} offered by")),
+        "{err}"
+    );
     assert!(err.contains("line 1"), "{err}");
     assert_eq!(sshd.logins(), 0, "{}", sshd.log());
 }
@@ -266,5 +269,64 @@ async fn a_200_mb_dump_streams_through_the_host_both_ways_without_growing_memory
     assert!(
         growth < 16 * 1024,
         "memory grew by {growth} KiB while streaming {SIZE} bytes"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs root, sshd and the lab: hack/lab up"]
+async fn hosts_trust_shows_the_fingerprint_and_records_the_key_only_when_confirmed() {
+    let _g = SERIAL.lock().await;
+    let sshd = Sshd::start();
+    sshd.forget();
+    let manifest = sshd.path("host.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: berth.dev/v1\nkind: Host\nmetadata: {{name: vm}}\nspec: {}\n",
+            sshd.host_spec("")
+        ),
+    )
+    .unwrap();
+    let trust = |extra: &[&str], answer: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_berthctl"))
+            .args(["hosts", "trust", "vm", "-f"])
+            .arg(&manifest)
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("berthctl runs");
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = std::io::Write::write_all(&mut stdin, answer.as_bytes());
+        drop(stdin);
+        child.wait_with_output().expect("berthctl ends")
+    };
+    let fp = sshd.fingerprint();
+    let refused = trust(&[], "n\n");
+    let err = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("offers ssh-ed25519 {fp}")), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(sshd.path("known_hosts")).unwrap(),
+        "",
+        "recorded without a yes"
+    );
+    let _ = refusal(&sshd).await;
+
+    let yes = trust(&["--yes"], "");
+    let out = String::from_utf8_lossy(&yes.stdout).into_owned();
+    assert!(
+        yes.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&yes.stderr)
+    );
+    assert!(out.contains(&format!("recorded ssh-ed25519 {fp}")), "{out}");
+    let host = connect(&sshd).await;
+    assert!(host.engine_version().await.is_ok());
+    let again = trust(&[], "");
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("already trusted"),
+        "{again:?}"
     );
 }

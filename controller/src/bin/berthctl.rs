@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use berth_controller::ctl::describe::Describe;
 use berth_controller::ctl::get::Get;
 use berth_controller::ctl::output::{emit, now_millis};
+use berth_controller::ctl::trust::Trust;
 use berth_controller::ctl::validate::Validate;
 use berth_controller::ctl::CtlError;
 use clap::{Parser, Subcommand};
@@ -35,6 +36,16 @@ enum Command {
     /// events.
     #[command(subcommand)]
     Describe(Describe),
+    /// SSH hosts: `trust NAME -f MANIFESTS [--yes]` records the key the host offers in its
+    /// knownHostsFile, after showing its fingerprint and only when confirmed.
+    #[command(subcommand)]
+    Hosts(Hosts),
+}
+
+#[derive(Subcommand)]
+enum Hosts {
+    /// Fetch the host's key, show its fingerprint, record it when confirmed.
+    Trust(Trust),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +55,7 @@ fn main() -> ExitCode {
         Command::Schema => schema(),
         Command::Get(g) => g.run(now_millis()),
         Command::Describe(d) => d.run(now_millis()),
+        Command::Hosts(Hosts::Trust(t)) => t.run(),
     };
     match result.and_then(|out| emit(&out).map_err(CtlError::Write)) {
         Ok(()) => ExitCode::SUCCESS,

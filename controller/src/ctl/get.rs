@@ -15,6 +15,8 @@ use crate::store::BackupRecord;
 
 /// How wide the MESSAGE column may get before it is cut.
 const MESSAGE_WIDTH: usize = 60;
+/// A host's last error is wider: a refused host key shows its type and fingerprint.
+const HOST_ERROR_WIDTH: usize = 120;
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum Get {
@@ -267,7 +269,7 @@ pub fn hosts_status_table(
             envs.to_string(),
             truncate(
                 &output::one_line(st.and_then(|s| s.last_error.as_deref()).unwrap_or(NONE)),
-                MESSAGE_WIDTH,
+                HOST_ERROR_WIDTH,
             ),
         ]);
     }

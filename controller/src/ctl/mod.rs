@@ -20,6 +20,7 @@ pub mod describe;
 pub mod get;
 pub mod output;
 pub mod state;
+pub mod trust;
 pub mod validate;
 pub mod view;
 
@@ -60,6 +61,9 @@ pub enum CtlError {
     /// What went wrong was already printed in full (validate's report).
     #[error("errors were reported above")]
     Reported,
+    /// `hosts trust` could not (or was told not to) record the key.
+    #[error("host {host}: {message}")]
+    Trust { host: String, message: String },
     #[error("cannot write the output: {0}")]
     Write(std::io::Error),
     #[error("cannot encode the output as {format}: {message}")]

@@ -57,7 +57,7 @@ pub struct SshHost {
 }
 
 /// Where the Host's SSH settings point: `(user, host, port)` and the files.
-pub(crate) fn target(name: &str, spec: &HostSpec) -> std::result::Result<Target, String> {
+pub fn target(name: &str, spec: &HostSpec) -> std::result::Result<Target, String> {
     let Address::Ssh { user, host, port } = &spec.address else {
         return Err(format!("address {} is not ssh://", spec.address));
     };

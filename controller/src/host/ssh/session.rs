@@ -28,7 +28,7 @@ const KEEPALIVE_MAX: usize = 3;
 
 /// Where to connect and how to authenticate, from the Host resource.
 #[derive(Clone, Debug)]
-pub(crate) struct Target {
+pub struct Target {
     /// The Host resource's name.
     pub name: String,
     pub user: String,
@@ -316,17 +316,17 @@ impl<T> std::ops::Deref for Held<T> {
 fn refusal(t: &Target, v: Verdict) -> String {
     let file = t.known_hosts.display();
     match v {
+        // The key first: `get hosts` shows the start of the error.
         Verdict::Unknown(key) => format!(
-            "host key not trusted: {} offered {}, which {file} does not list for {}; nothing was sent to it; {}",
-            t.host_port(),
+            "host key not trusted: {} offered by {}, which {file} does not list; nothing was sent to it; {}",
             describe_key(&key),
             t.host_port(),
             trust_hint(t)
         ),
         Verdict::Changed { key, line } => format!(
-            "HOST KEY CHANGED: {} offered {}, but {file} line {line} records another key for it; this may be an attack; nothing was sent to it; if the host was reinstalled, remove that line and {}",
-            t.host_port(),
+            "HOST KEY CHANGED: {} offered by {}, but {file} line {line} records another key for it; this may be an attack; nothing was sent to it; if the host was reinstalled, remove that line and {}",
             describe_key(&key),
+            t.host_port(),
             trust_hint(t)
         ),
         Verdict::Unreadable(e) => format!("cannot check the host key against {file}: {e}"),
