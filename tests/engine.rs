@@ -1463,3 +1463,84 @@ fn over_ssh_an_unknown_or_changed_host_key_is_refused_with_its_fingerprint_in_st
     w.sshd.as_ref().unwrap().trust(true);
     w.wait_serving(1);
 }
+
+#[test]
+#[ignore = "needs the lab: hack/lab up"]
+fn over_ssh_sshd_killed_during_the_pg_dump_and_during_wait_ready_the_rollout_completes_migrating_once(
+) {
+    let _g = serial();
+    let mut w = World::on("kill", 32800, Kind::Ssh);
+    w.write_manifest(&EnvOpts::default());
+    w.start();
+    w.wait_serving(1);
+    // pg_dump waits for this lock: the Backup step is inside the dump while it is held.
+    let lock = Command::new("docker")
+        .args([
+            "exec",
+            "berth-lab-db",
+            "psql",
+            "-U",
+            "demo",
+            "-d",
+            &w.env,
+            "-c",
+        ])
+        .arg("begin; lock table demo_rows in access exclusive mode; select pg_sleep(8); commit;")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("psql holds a lock");
+    std::thread::sleep(Duration::from_millis(500));
+    w.write_manifest(&EnvOpts {
+        image: "v2",
+        ..EnvOpts::default()
+    });
+    // The status file is written between reconciles, not inside a step: the dump shows
+    // in the database container's processes.
+    let end = Instant::now() + Duration::from_secs(30);
+    while !sh("docker top berth-lab-db")
+        .1
+        .contains(&format!("pg_dump -Fc -U demo -d {}", w.env))
+    {
+        assert!(
+            Instant::now() < end,
+            "no pg_dump started\n{}",
+            tail(&w.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    w.sshd.as_mut().unwrap().kill();
+    std::thread::sleep(Duration::from_secs(2));
+    w.sshd.as_mut().unwrap().restart();
+    let mut lock = lock;
+    let _ = lock.wait();
+    w.wait("WaitReady", Duration::from_secs(60), |s| {
+        step_is(s, "WaitReady", "Running")
+    });
+    w.sshd.as_mut().unwrap().kill();
+    std::thread::sleep(Duration::from_secs(2));
+    w.sshd.as_mut().unwrap().restart();
+    let s = w.wait_serving(2);
+    eprintln!("rollout finished {:?} after the first kill", t0.elapsed());
+    assert!(w.log().contains("unreachable"), "{}", tail(&w.log(), 40));
+    assert_eq!(
+        w.psql("select count(*) from demo_migrate_runs where build = 'v2'"),
+        "1"
+    );
+    let backups = s["backups"].as_array().expect("backups").clone();
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    let last = backups.last().unwrap();
+    let sum = sha256sum(last["path"].as_str().unwrap());
+    assert_eq!(Some(sum.as_str()), last["sha256"].as_str());
+    // Nothing half-written is left beside the backups.
+    let names: Vec<String> = std::fs::read_dir(w.path("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.ends_with(".dump")),
+        "leftovers: {names:?}"
+    );
+}

@@ -439,13 +439,21 @@ pub mod sshd {
             }
         }
 
-        /// Kills it, and every connection it serves (each is a process of its own, in
-        /// a session of its own, so only their parentage finds them).
+        /// Kills it, and every connection it serves (each is an sshd process of its own,
+        /// in a session of its own, so only their parentage finds them). The commands
+        /// those run are left alone, as when a VM's sshd dies: they see their pipes close.
+        /// (Killing them too could leave e.g. a login shell's lock file behind.)
         pub fn kill(&mut self) {
             let Some(mut child) = self.child.take() else {
                 return;
             };
-            let mut doomed = descendants(child.id());
+            let mut doomed: Vec<u32> = descendants(child.id())
+                .into_iter()
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "sshd")
+                })
+                .collect();
             doomed.push(child.id());
             for pid in doomed {
                 super::cmd::quietly(Command::new("kill").args(["-KILL", &pid.to_string()]));
