@@ -1544,3 +1544,40 @@ fn over_ssh_sshd_killed_during_the_pg_dump_and_during_wait_ready_the_rollout_com
         "leftovers: {names:?}"
     );
 }
+
+#[test]
+#[ignore = "needs the lab: hack/lab up"]
+fn over_ssh_a_vm_whose_sshd_is_down_does_not_hold_up_the_rollout_on_another() {
+    let _g = serial();
+    let alone = {
+        let mut w = World::on("sal", 32900, Kind::Ssh);
+        first_rollout(&mut w, &EnvOpts::default())
+    };
+    let mut w = World::on("sdn", 33000, Kind::Ssh);
+    let mut down = Sshd::start();
+    let down_env = format!("{}-down", w.env);
+    let extra = format!(
+        "---\napiVersion: berth.dev/v1\nkind: Host\nmetadata: {{name: vm2}}\nspec: {}\n\
+         ---\napiVersion: berth.dev/v1\nkind: Environment\nmetadata: {{name: {down_env}}}\nspec: {{host: vm2, image: {REGISTRY}:v1}}\n",
+        down.host_spec("")
+    );
+    down.kill();
+    let beside_down = first_rollout(
+        &mut w,
+        &EnvOpts {
+            extra,
+            ..EnvOpts::default()
+        },
+    );
+    eprintln!(
+        "first rollout over SSH: {alone:?} alone, {beside_down:?} beside a VM whose sshd is down"
+    );
+    // While vm2 stays down: its environment waits and says why.
+    let status = std::fs::read(w.path(&format!("state/status/{down_env}.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .unwrap_or(Value::Null);
+    let message = status["state"]["message"].as_str().unwrap_or("").to_owned();
+    assert!(message.starts_with("host vm2 unreachable: "), "{status}");
+    assert!(status["state"]["current"].is_null(), "{status}");
+}
