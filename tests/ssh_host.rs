@@ -330,3 +330,29 @@ async fn hosts_trust_shows_the_fingerprint_and_records_the_key_only_when_confirm
         "{again:?}"
     );
 }
+
+/// Figures for `hack/bench/ssh` (printed, never asserted): a Docker API round trip
+/// through the SSH tunnel against one on the local socket.
+#[tokio::test]
+#[ignore = "needs root, sshd and the lab: hack/lab up"]
+async fn bench_docker_round_trips_through_the_tunnel_and_on_the_local_socket() {
+    let _g = SERIAL.lock().await;
+    let sshd = Sshd::start();
+    let ssh = connect(&sshd).await;
+    let local = support::host::local_host().await;
+    async fn median(host: &dyn Host) -> Duration {
+        let mut times = Vec::new();
+        for _ in 0..100 {
+            let t = Instant::now();
+            host.engine_version().await.expect("docker version");
+            times.push(t.elapsed());
+        }
+        times.sort();
+        times[times.len() / 2]
+    }
+    let (l, s) = (median(&local).await, median(&ssh).await);
+    eprintln!(
+        "BENCH docker round trip (median of 100 GET /version): local {l:?}, ssh {s:?}, ratio {:.2}",
+        s.as_secs_f64() / l.as_secs_f64()
+    );
+}
