@@ -53,7 +53,7 @@ async fn refusal(sshd: &Sshd) -> String {
 
 #[tokio::test]
 #[ignore = "needs root, sshd and the lab: hack/lab up"]
-async fn docker_commands_files_and_tcp_all_go_through_one_ssh_login() {
+async fn docker_commands_files_and_tcp_all_go_through_two_ssh_logins() {
     let _g = SERIAL.lock().await;
     let sshd = Sshd::start();
     let host = connect(&sshd).await;
