@@ -735,10 +735,12 @@ spec: {address: local}
             HostStatus {
                 name: "vm-a".into(),
                 address: "ssh://root@127.0.0.2:2222".into(),
-                state: HostPhase::NotSupported,
+                state: HostPhase::Unreachable,
                 reachable: false,
                 docker_version: None,
-                last_error: Some("ssh:// hosts are not supported yet".into()),
+                last_error: Some(
+                    "host key not trusted: [127.0.0.2]:2222 offered ssh-ed25519 SHA256:abc".into(),
+                ),
                 last_seen: None,
                 rtt_ms: None,
             },
@@ -780,10 +782,10 @@ spec: {address: local}
     let vm: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(
         vm[..4],
-        ["vm-a", "ssh://root@127.0.0.2:2222", "unsupported", "<none>"]
+        ["vm-a", "ssh://root@127.0.0.2:2222", "no", "<none>"]
     );
     assert!(
-        table.contains("ssh:// hosts are not supported yet"),
+        table.contains("host key not trusted: [127.0.0.2]:2222 offered ssh-ed25519"),
         "{table}"
     );
     let json: serde_json::Value = serde_json::from_str(&ok(&args("json"))).unwrap();
@@ -792,7 +794,7 @@ spec: {address: local}
     assert_eq!(json[0]["status"]["last_seen"], seen.as_str());
     assert_eq!(json[1]["status"]["reachable"], false);
     let yaml = ok(&args("yaml"));
-    assert!(yaml.contains("state: NotSupported"), "{yaml}");
+    assert!(yaml.contains("state: Unreachable"), "{yaml}");
 }
 
 #[test]

@@ -20,8 +20,17 @@ mod support;
 use support::cmd::{must, sh, sha256sum};
 use support::lab::{create_database, drop_database, psql};
 use support::net::{free_port, http_get, http_request};
+use support::sshd::Sshd;
 
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Where the environment runs: the local socket, or an SSH host (an sshd of the test's
+/// own in front of the same engine). The scenarios are the same for both.
+#[derive(Clone, Copy)]
+enum Kind {
+    Local,
+    Ssh,
+}
 const REGISTRY: &str = "127.0.0.1:5000/berth/demo-app";
 
 fn serial() -> MutexGuard<'static, ()> {
@@ -60,6 +69,9 @@ struct World {
     /// berthd's `--resync`: short by default so tests never wait on it; the drift test
     /// uses the daemon's default to show repairs do not depend on it.
     resync: &'static str,
+    /// The environment's host is this sshd (the same machine, reached over SSH), not the
+    /// local socket.
+    sshd: Option<Sshd>,
 }
 
 impl World {
@@ -68,6 +80,10 @@ impl World {
     }
 
     fn new(tag: &str, port_base: u16) -> World {
+        World::on(tag, port_base, Kind::Local)
+    }
+
+    fn on(tag: &str, port_base: u16, kind: Kind) -> World {
         let env = format!("e2e-{tag}-{}", std::process::id() % 10000);
         let dir = tempfile::Builder::new()
             .prefix("berth-e2e")
@@ -80,6 +96,10 @@ impl World {
             berthd: None,
             resync: "2s",
             port_base,
+            sshd: match kind {
+                Kind::Local => None,
+                Kind::Ssh => Some(Sshd::start()),
+            },
         };
         for d in ["manifests", "nginx/tmp", "backups", "state"] {
             std::fs::create_dir_all(w.path(d)).unwrap();
@@ -121,14 +141,17 @@ impl World {
         let lines = [
             "apiVersion: berth.dev/v1".to_owned(),
             "kind: Host".to_owned(),
-            "metadata: {name: local}".to_owned(),
-            format!("spec: {{address: local, portRange: {}-{}}}", self.port_base, self.port_base + 99),
+            format!("metadata: {{name: {}}}", self.host_name()),
+            match &self.sshd {
+                None => format!("spec: {{address: local, portRange: {}-{}}}", self.port_base, self.port_base + 99),
+                Some(sshd) => format!("spec: {}", sshd.host_spec(&format!(", portRange: {}-{}", self.port_base, self.port_base + 99))),
+            },
             "---".to_owned(),
             "apiVersion: berth.dev/v1".to_owned(),
             "kind: Environment".to_owned(),
             format!("metadata: {{name: {env}}}"),
             "spec:".to_owned(),
-            "  host: local".to_owned(),
+            format!("  host: {}", self.host_name()),
             format!("  image: {REGISTRY}:{}", o.image),
             format!("  replicas: {}", o.replicas),
             format!("  envFiles: [{dir}/app.env]"),
@@ -144,6 +167,14 @@ impl World {
             format!("  backup: {{postgres: {{container: berth-lab-db, database: {env}, user: demo}}, directory: {dir}/backups, keep: 3}}"),
         ];
         format!("{}\n{}", lines.join("\n"), o.extra)
+    }
+
+    fn host_name(&self) -> &'static str {
+        if self.sshd.is_some() {
+            "vm"
+        } else {
+            "local"
+        }
     }
 
     fn write_manifest(&self, o: &EnvOpts) {
@@ -399,8 +430,18 @@ fn replica_port(w: &World, name: &str) -> Option<u16> {
 #[test]
 #[ignore = "needs the lab: hack/lab up"]
 fn a_blue_green_rollout_with_a_migration_loses_no_request_under_load() {
+    blue_green_under_load(Kind::Local, "bg", 31000);
+}
+
+#[test]
+#[ignore = "needs the lab: hack/lab up"]
+fn over_ssh_a_blue_green_rollout_with_a_migration_loses_no_request_under_load() {
+    blue_green_under_load(Kind::Ssh, "sbg", 32500);
+}
+
+fn blue_green_under_load(kind: Kind, tag: &str, port_base: u16) {
     let _g = serial();
-    let mut w = World::new("bg", 31000);
+    let mut w = World::on(tag, port_base, kind);
     w.write_manifest(&EnvOpts::default());
     w.start();
     // 1. From nothing: v1 comes up, ready, behind nginx.
@@ -527,8 +568,18 @@ fn a_build_that_never_becomes_ready_is_rolled_back_without_traffic_leaving_the_o
 #[test]
 #[ignore = "needs the lab: hack/lab up"]
 fn a_breaking_migration_whose_build_crashes_after_the_switch_restores_the_database() {
+    breaking_rollback_restores(Kind::Local, "br", 31200);
+}
+
+#[test]
+#[ignore = "needs the lab: hack/lab up"]
+fn over_ssh_a_breaking_migration_whose_build_crashes_after_the_switch_restores_the_database() {
+    breaking_rollback_restores(Kind::Ssh, "sbr", 32600);
+}
+
+fn breaking_rollback_restores(kind: Kind, tag: &str, port_base: u16) {
     let _g = serial();
-    let mut w = World::new("br", 31200);
+    let mut w = World::on(tag, port_base, kind);
     let breaking = |image| EnvOpts {
         image,
         policy: "Breaking",
@@ -1351,4 +1402,182 @@ spec:
             String::from_utf8_lossy(bytes)
         );
     }
+}
+
+#[test]
+#[ignore = "needs the lab: hack/lab up"]
+fn over_ssh_an_unknown_or_changed_host_key_is_refused_with_its_fingerprint_in_status_and_get_hosts()
+{
+    let _g = serial();
+    let mut w = World::on("key", 32700, Kind::Ssh);
+    let sshd = w.sshd.as_ref().expect("an ssh world");
+    let fp = sshd.fingerprint();
+    sshd.forget();
+    w.write_manifest(&EnvOpts::default());
+    w.start();
+    for (case, known) in [("unknown", None), ("changed", Some(false))] {
+        let sshd = w.sshd.as_ref().unwrap();
+        if let Some(real) = known {
+            sshd.trust(real);
+        }
+        let hosts = w.path("state/status/_hosts.json");
+        let end = Instant::now() + Duration::from_secs(60);
+        let expected = match case {
+            "unknown" => "host key not trusted",
+            _ => "HOST KEY CHANGED",
+        };
+        loop {
+            let text = std::fs::read_to_string(&hosts).unwrap_or_default();
+            if text.contains(expected) && text.contains(&fp) {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "{case}: no refusal in {text}\n{}",
+                tail(&w.log(), 30)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let s = w.wait(
+            "the refusal in the environment's status",
+            Duration::from_secs(30),
+            |s| {
+                s["state"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(expected) && m.contains(&fp))
+            },
+        );
+        assert!(s["state"]["current"].is_null(), "{s}");
+        let out = must(&format!(
+            "{} get hosts -f {} --state {}",
+            env!("CARGO_BIN_EXE_berthctl"),
+            w.path("manifests").display(),
+            w.path("state").display()
+        ));
+        assert!(out.contains(&fp) && out.contains(expected), "{case}: {out}");
+        // Nothing was sent to the host: it never accepted a login.
+        assert_eq!(sshd.logins(), 0, "{case}: {}", sshd.log());
+        assert!(w.containers().is_empty(), "{case}: {:?}", w.containers());
+    }
+    // Trusted at last: the rollout proceeds.
+    w.sshd.as_ref().unwrap().trust(true);
+    w.wait_serving(1);
+}
+
+#[test]
+#[ignore = "needs the lab: hack/lab up"]
+fn over_ssh_sshd_killed_during_the_pg_dump_and_during_wait_ready_the_rollout_completes_migrating_once(
+) {
+    let _g = serial();
+    let mut w = World::on("kill", 32800, Kind::Ssh);
+    w.write_manifest(&EnvOpts::default());
+    w.start();
+    w.wait_serving(1);
+    // pg_dump waits for this lock: the Backup step is inside the dump while it is held.
+    let lock = Command::new("docker")
+        .args([
+            "exec",
+            "berth-lab-db",
+            "psql",
+            "-U",
+            "demo",
+            "-d",
+            &w.env,
+            "-c",
+        ])
+        .arg("begin; lock table demo_rows in access exclusive mode; select pg_sleep(8); commit;")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("psql holds a lock");
+    std::thread::sleep(Duration::from_millis(500));
+    w.write_manifest(&EnvOpts {
+        image: "v2",
+        ..EnvOpts::default()
+    });
+    // The status file is written between reconciles, not inside a step: the dump shows
+    // in the database container's processes.
+    let end = Instant::now() + Duration::from_secs(30);
+    while !sh("docker top berth-lab-db")
+        .1
+        .contains(&format!("pg_dump -Fc -U demo -d {}", w.env))
+    {
+        assert!(
+            Instant::now() < end,
+            "no pg_dump started\n{}",
+            tail(&w.log(), 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    w.sshd.as_mut().unwrap().kill();
+    std::thread::sleep(Duration::from_secs(2));
+    w.sshd.as_mut().unwrap().restart();
+    let mut lock = lock;
+    let _ = lock.wait();
+    w.wait("WaitReady", Duration::from_secs(60), |s| {
+        step_is(s, "WaitReady", "Running")
+    });
+    w.sshd.as_mut().unwrap().kill();
+    std::thread::sleep(Duration::from_secs(2));
+    w.sshd.as_mut().unwrap().restart();
+    let s = w.wait_serving(2);
+    eprintln!("rollout finished {:?} after the first kill", t0.elapsed());
+    assert!(w.log().contains("unreachable"), "{}", tail(&w.log(), 40));
+    assert_eq!(
+        w.psql("select count(*) from demo_migrate_runs where build = 'v2'"),
+        "1"
+    );
+    let backups = s["backups"].as_array().expect("backups").clone();
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    let last = backups.last().unwrap();
+    let sum = sha256sum(last["path"].as_str().unwrap());
+    assert_eq!(Some(sum.as_str()), last["sha256"].as_str());
+    // Nothing half-written is left beside the backups.
+    let names: Vec<String> = std::fs::read_dir(w.path("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.ends_with(".dump")),
+        "leftovers: {names:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs the lab: hack/lab up"]
+fn over_ssh_a_vm_whose_sshd_is_down_does_not_hold_up_the_rollout_on_another() {
+    let _g = serial();
+    let alone = {
+        let mut w = World::on("sal", 32900, Kind::Ssh);
+        first_rollout(&mut w, &EnvOpts::default())
+    };
+    let mut w = World::on("sdn", 33000, Kind::Ssh);
+    let mut down = Sshd::start();
+    let down_env = format!("{}-down", w.env);
+    let extra = format!(
+        "---\napiVersion: berth.dev/v1\nkind: Host\nmetadata: {{name: vm2}}\nspec: {}\n\
+         ---\napiVersion: berth.dev/v1\nkind: Environment\nmetadata: {{name: {down_env}}}\nspec: {{host: vm2, image: {REGISTRY}:v1}}\n",
+        down.host_spec("")
+    );
+    down.kill();
+    let beside_down = first_rollout(
+        &mut w,
+        &EnvOpts {
+            extra,
+            ..EnvOpts::default()
+        },
+    );
+    eprintln!(
+        "first rollout over SSH: {alone:?} alone, {beside_down:?} beside a VM whose sshd is down"
+    );
+    // While vm2 stays down: its environment waits and says why.
+    let status = std::fs::read(w.path(&format!("state/status/{down_env}.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .unwrap_or(Value::Null);
+    let message = status["state"]["message"].as_str().unwrap_or("").to_owned();
+    assert!(message.starts_with("host vm2 unreachable: "), "{status}");
+    assert!(status["state"]["current"].is_null(), "{status}");
 }

@@ -33,13 +33,13 @@ pub fn spec_shape() -> Shape {
                 "address",
                 Shape::Str(values::ADDRESS),
                 Required,
-                "`local` for the controller's own Docker socket, or ssh://user@host[:port] (not supported yet: environments on an SSH host are not deployed; `berthctl validate` warns).",
+                "`local` for the controller's own Docker socket, or ssh://user@host[:port]: the Docker socket is reached through the SSH connection (no Docker TCP port on the host) and host commands run over it.",
             ),
             field(
                 "identityFile",
                 Shape::Str(values::LOCAL_PATH),
                 Optional,
-                "Private key for SSH, on the controller's machine.",
+                "Private key for SSH (ed25519, ECDSA or RSA), on the controller's machine. A key with a passphrase is used through ssh-agent (SSH_AUTH_SOCK).",
             ),
             field(
                 "knownHostsFile",

@@ -6,7 +6,6 @@ use serde::Serialize;
 
 use crate::environment::{EnvironmentSpec, PortRef, StrategyType, Traffic};
 use crate::host::HostSpec;
-use crate::values::Address;
 
 /// What the engine does with a manifest that uses an unsupported field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -44,12 +43,6 @@ const NGINX_PORT: Unsupported = Unsupported {
     path: "spec.traffic.nginx.port",
     message: "not supported yet: traffic goes to the first of spec.ports; this port is ignored",
     effect: Effect::Differs,
-};
-
-const SSH: Unsupported = Unsupported {
-    path: "spec.address",
-    message: "not supported yet: environments on this host are not deployed",
-    effect: Effect::Refused,
 };
 
 /// The fields of an environment's spec the engine does not act on as written, each with
@@ -91,13 +84,10 @@ fn names_a_later_port(env: &EnvironmentSpec, port: Option<&PortRef>) -> bool {
     index.is_some_and(|i| i > 0)
 }
 
-/// Like [`unsupported`], for a Host: an SSH host is not connected to, so the engine
-/// refuses to roll out any environment on it.
-pub fn unsupported_host(host: &HostSpec) -> Vec<Unsupported> {
-    match host.address {
-        Address::Local => Vec::new(),
-        Address::Ssh { .. } => vec![SSH],
-    }
+/// Like [`unsupported`], for a Host. Empty: the engine acts on every field of a Host,
+/// `local` and `ssh://` alike (kept so that a future field has its place).
+pub fn unsupported_host(_host: &HostSpec) -> Vec<Unsupported> {
+    Vec::new()
 }
 
 #[cfg(test)]
@@ -158,13 +148,13 @@ mod tests {
     }
 
     #[test]
-    fn an_ssh_host_is_refused_and_a_local_one_is_not() {
+    fn an_ssh_host_is_supported_like_a_local_one() {
         let text = format!("{HOSTS}---\napiVersion: berth.dev/v1\nkind: Host\nmetadata: {{name: vm}}\nspec: {{address: 'ssh://root@127.0.0.2:2222'}}\n");
         let m = load_texts(vec![("h.yaml".into(), text)])
             .into_manifests()
             .map_err(|l| l.diagnostics)
             .unwrap();
         assert_eq!(unsupported_host(&m.hosts["h"].spec), []);
-        assert_eq!(unsupported_host(&m.hosts["vm"].spec), [SSH]);
+        assert_eq!(unsupported_host(&m.hosts["vm"].spec), []);
     }
 }

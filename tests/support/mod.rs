@@ -305,3 +305,213 @@ pub mod net {
         http_request(port, "GET", path, "")
     }
 }
+
+/// An sshd of the test's own, in front of this machine's Docker engine as the lab's "VMs"
+/// are (hack/lab): its own port on 127.0.0.1, its own host key, client key, config and
+/// log in a temp dir, so that stopping it disturbs nobody. Needs root (as the lab).
+pub mod sshd {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::cmd::{must, run_ok};
+    use super::net::free_port;
+
+    pub struct Sshd {
+        pub dir: tempfile::TempDir,
+        pub addr: String,
+        pub port: u16,
+        child: Option<Child>,
+    }
+
+    impl Sshd {
+        /// Generates its keys and config and starts it; panics unless it listens.
+        pub fn start() -> Sshd {
+            let dir = tempfile::Builder::new()
+                .prefix("berth-sshd")
+                .tempdir()
+                .expect("a temp dir");
+            let d = dir.path().to_path_buf();
+            for key in ["host_key", "other_host_key", "id_ed25519"] {
+                run_ok(
+                    Command::new("ssh-keygen")
+                        .args(["-q", "-t", "ed25519", "-N", "", "-C", key, "-f"])
+                        .arg(d.join(key)),
+                );
+            }
+            std::fs::copy(d.join("id_ed25519.pub"), d.join("authorized_keys"))
+                .expect("authorized_keys");
+            // Without PAM, sshd refuses key logins to an account whose password is locked.
+            let (_, shadow) = super::cmd::sh("getent shadow root | cut -d: -f2");
+            let use_pam = if shadow.starts_with('!') { "yes" } else { "no" };
+            let mut s = Sshd {
+                addr: "127.0.0.1".into(),
+                port: free_port(),
+                dir,
+                child: None,
+            };
+            let config = format!(
+                "Port {port}\nListenAddress {addr}\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM {use_pam}\nStrictModes no\nAllowStreamLocalForwarding yes\nAllowTcpForwarding yes\nX11Forwarding no\nPrintMotd no\nMaxSessions 100\nMaxStartups 100:30:200\nLogLevel VERBOSE\n",
+                port = s.port,
+                addr = s.addr,
+                d = d.display()
+            );
+            std::fs::write(d.join("sshd_config"), config).expect("sshd_config");
+            s.trust(true);
+            must("mkdir -p /run/sshd && chmod 755 /run/sshd");
+            s.run();
+            s
+        }
+
+        pub fn path(&self, p: &str) -> PathBuf {
+            self.dir.path().join(p)
+        }
+
+        /// Writes known_hosts with its real host key (`true`) or with another key for the
+        /// same address (`false`: a changed key).
+        pub fn trust(&self, real: bool) {
+            let key = if real {
+                "host_key.pub"
+            } else {
+                "other_host_key.pub"
+            };
+            let public = std::fs::read_to_string(self.path(key)).expect("host key");
+            let public: Vec<&str> = public.split_whitespace().take(2).collect();
+            std::fs::write(
+                self.path("known_hosts"),
+                format!("[{}]:{} {}\n", self.addr, self.port, public.join(" ")),
+            )
+            .expect("known_hosts");
+        }
+
+        /// An empty known_hosts: the host key is unknown.
+        pub fn forget(&self) {
+            std::fs::write(self.path("known_hosts"), "").expect("known_hosts");
+        }
+
+        /// `SHA256:…` of its host key, as `ssh-keygen -l` prints it.
+        pub fn fingerprint(&self) -> String {
+            let out = run_ok(
+                Command::new("ssh-keygen")
+                    .arg("-lf")
+                    .arg(self.path("host_key.pub")),
+            );
+            out.split_whitespace().nth(1).unwrap_or_default().to_owned()
+        }
+
+        pub fn address(&self) -> String {
+            format!("ssh://root@{}:{}", self.addr, self.port)
+        }
+
+        /// The `spec` of a Host manifest for it, in flow style.
+        pub fn host_spec(&self, extra: &str) -> String {
+            format!(
+                "{{address: '{}', identityFile: {}, knownHostsFile: {}{extra}}}",
+                self.address(),
+                self.path("id_ed25519").display(),
+                self.path("known_hosts").display()
+            )
+        }
+
+        fn run(&mut self) {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path("sshd.log"))
+                .expect("sshd.log");
+            let child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(self.path("sshd_config"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("sshd starts (openssh-server, from hack/lab up)");
+            self.child = Some(child);
+            let end = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect((self.addr.as_str(), self.port)).is_err() {
+                assert!(
+                    Instant::now() < end,
+                    "sshd did not listen within 10 s:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+
+        /// Kills it, and every connection it serves (each is an sshd process of its own,
+        /// in a session of its own, so only their parentage finds them). The commands
+        /// those run are left alone, as when a VM's sshd dies: they see their pipes close.
+        /// (Killing them too could leave e.g. a login shell's lock file behind.)
+        pub fn kill(&mut self) {
+            let Some(mut child) = self.child.take() else {
+                return;
+            };
+            let mut doomed: Vec<u32> = descendants(child.id())
+                .into_iter()
+                .filter(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "sshd")
+                })
+                .collect();
+            doomed.push(child.id());
+            for pid in doomed {
+                super::cmd::quietly(Command::new("kill").args(["-KILL", &pid.to_string()]));
+            }
+            let _ = child.wait();
+        }
+
+        /// Starts it again on the same port with the same keys.
+        pub fn restart(&mut self) {
+            self.kill();
+            self.run();
+        }
+
+        pub fn log(&self) -> String {
+            std::fs::read_to_string(self.path("sshd.log")).unwrap_or_default()
+        }
+
+        /// How many logins it accepted.
+        pub fn logins(&self) -> usize {
+            self.log().matches("Accepted publickey").count()
+        }
+    }
+
+    impl Drop for Sshd {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+
+    /// Every process below `pid`, from `/proc/*/stat`.
+    fn descendants(pid: u32) -> Vec<u32> {
+        let mut parents = Vec::new();
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                let stat =
+                    std::fs::read_to_string(Path::new("/proc").join(p.to_string()).join("stat"))
+                        .unwrap_or_default();
+                // `pid (comm) state ppid …`; comm may hold spaces, so split after the ')'.
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|w| w.parse::<u32>().ok());
+                if let Some(ppid) = ppid {
+                    parents.push((p, ppid));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut frontier = vec![pid];
+        while let Some(p) = frontier.pop() {
+            for (child, _) in parents.iter().filter(|(_, pp)| *pp == p) {
+                out.push(*child);
+                frontier.push(*child);
+            }
+        }
+        out
+    }
+}

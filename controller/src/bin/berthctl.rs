@@ -10,6 +10,7 @@ use berth_controller::ctl::events::{Events, Logs};
 use berth_controller::ctl::get::Get;
 use berth_controller::ctl::output::{emit, now_millis};
 use berth_controller::ctl::rollout::{Approve, Rollout};
+use berth_controller::ctl::trust::Trust;
 use berth_controller::ctl::validate::Validate;
 use berth_controller::ctl::CtlError;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -78,6 +79,16 @@ enum Command {
     ///
     /// Such as /usr/local/share/man/man1; `berthd man DIR` writes berthd's.
     Man { dir: std::path::PathBuf },
+    /// SSH hosts: `trust NAME -f MANIFESTS [--yes]` records the key the host offers in its
+    /// knownHostsFile, after showing its fingerprint and only when confirmed.
+    #[command(subcommand)]
+    Hosts(Hosts),
+}
+
+#[derive(Subcommand)]
+enum Hosts {
+    /// Fetch the host's key, show its fingerprint, record it when confirmed.
+    Trust(Trust),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +107,7 @@ fn main() -> ExitCode {
         Command::Logs(l) => l.run(),
         Command::Completion { shell } => Ok(docs::completion(Cli::command(), shell)),
         Command::Man { dir } => docs::man_pages(Cli::command(), &dir),
+        Command::Hosts(Hosts::Trust(t)) => t.run(),
     };
     match result.and_then(|out| emit(&out).map_err(CtlError::Write)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,6 +15,8 @@ use crate::store::BackupRecord;
 
 /// How wide the MESSAGE column may get before it is cut.
 const MESSAGE_WIDTH: usize = 60;
+/// A host's last error is wider: a refused host key shows its type and fingerprint.
+const HOST_ERROR_WIDTH: usize = 120;
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum Get {
@@ -291,7 +293,6 @@ pub fn hosts_status_table(
             Some(HostPhase::Reachable) => "yes".to_owned(),
             Some(HostPhase::Connecting) => "connecting".to_owned(),
             Some(HostPhase::Unreachable) => "no".to_owned(),
-            Some(HostPhase::NotSupported) => "unsupported".to_owned(),
         };
         let last_seen = st
             .and_then(|s| s.last_seen.as_deref())
@@ -307,7 +308,7 @@ pub fn hosts_status_table(
             envs.to_string(),
             truncate(
                 &output::one_line(st.and_then(|s| s.last_error.as_deref()).unwrap_or(NONE)),
-                MESSAGE_WIDTH,
+                HOST_ERROR_WIDTH,
             ),
         ]);
     }

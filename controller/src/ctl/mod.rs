@@ -33,6 +33,7 @@ pub mod output;
 pub mod progress;
 pub mod rollout;
 pub mod state;
+pub mod trust;
 pub mod validate;
 pub mod view;
 
@@ -73,6 +74,9 @@ pub enum CtlError {
     /// What went wrong was already printed in full (validate's report).
     #[error("errors were reported above")]
     Reported,
+    /// `hosts trust` could not (or was told not to) record the key.
+    #[error("host {host}: {message}")]
+    Trust { host: String, message: String },
     #[error("cannot write the output: {0}")]
     Write(std::io::Error),
     #[error("cannot write {}: {source}", .path.display())]

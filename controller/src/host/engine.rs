@@ -96,6 +96,16 @@ impl Engine {
         Ok(v.version.unwrap_or_else(|| "unknown".to_owned()))
     }
 
+    /// The engine's clock (unix seconds), for asking events from a moment ago on a host
+    /// whose clock may differ from the controller's; `None` if it does not say.
+    pub async fn clock(&self) -> Option<i64> {
+        let info = self.docker.info().await.ok()?;
+        let at = humantime::parse_rfc3339_weak(info.system_time.as_deref()?).ok()?;
+        at.duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs() as i64)
+    }
+
     fn err(&self, op: &'static str, object: &str, e: DockerError) -> HostError {
         map_error(&self.host, op, object, e)
     }

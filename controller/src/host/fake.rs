@@ -57,6 +57,8 @@ pub fn http_response(status: u16, body: &str) -> Vec<u8> {
 
 pub struct FakeHost {
     name: String,
+    /// Set by [`FakeHost::lose_connection`]: what [`Host::lost`] resolves with.
+    lost: tokio::sync::watch::Sender<Option<String>>,
     // A std Mutex: every call holds it for a few map operations and never across an
     // `.await`, which also makes each call atomic, as a test wants.
     state: Mutex<State>,
@@ -106,9 +108,15 @@ impl Container {
 }
 
 impl FakeHost {
+    /// Makes [`Host::lost`] resolve, as an SSH host's does when its connection drops.
+    pub fn lose_connection(&self, why: &str) {
+        self.lost.send_replace(Some(why.to_owned()));
+    }
+
     pub fn new(name: &str) -> FakeHost {
         FakeHost {
             name: name.to_owned(),
+            lost: tokio::sync::watch::channel(None).0,
             state: Mutex::new(State {
                 containers: BTreeMap::new(),
                 images: BTreeMap::new(),
@@ -796,6 +804,19 @@ impl Host for FakeHost {
         let mut s = self.lock();
         s.begin(&self.name, "engine_version", "", false)?;
         Ok("fake".to_owned())
+    }
+
+    async fn lost(&self) -> String {
+        let mut rx = self.lost.subscribe();
+        let why = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|why| why.clone());
+        match why {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! The ways to reach a Docker host, behind one trait: the local socket (`local`), SSH
-//! (a later issue), and an in-memory fake for tests of the steps.
+//! (`ssh`), and an in-memory fake for tests of the steps.
 //!
 //! The trait speaks Berth's language (containers by name and label, files, commands on
 //! the host), not Docker's, so every step is written once for every kind of host.
@@ -14,6 +14,7 @@
 pub(crate) mod engine;
 pub mod fake;
 pub mod local;
+pub mod ssh;
 
 use std::time::Duration;
 
@@ -209,4 +210,11 @@ pub trait Host: Send + Sync + 'static {
     /// The Docker engine's version (`docker version`'s server version). One round trip
     /// to the engine: the controller also uses it to check the host is still reachable.
     async fn engine_version(&self) -> Result<String>;
+
+    /// Resolves, with why, once the connection to the host is known to be gone (an SSH
+    /// host's connection closing), so the controller reconnects without waiting for its
+    /// next check. A host that cannot tell never resolves.
+    async fn lost(&self) -> String {
+        std::future::pending().await
+    }
 }

@@ -23,8 +23,6 @@ pub enum HostPhase {
     Reachable,
     /// The last attempt or check failed; another follows (see `last_error`).
     Unreachable,
-    /// Berth cannot reach this kind of host yet (ssh://).
-    NotSupported,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

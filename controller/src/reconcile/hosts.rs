@@ -35,6 +35,7 @@ use super::retry::Backoffs;
 use super::Connected;
 use crate::exec::probe::{Flip, Monitor};
 use crate::host::local::LocalHost;
+use crate::host::ssh::SshHost;
 use crate::host::{Host, HostError};
 use crate::op::Millis;
 
@@ -46,20 +47,22 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Before the Docker-event stream is opened again after it ended.
 const EVENTS_RETRY: Duration = Duration::from_secs(2);
 
-pub(super) const SSH_NOT_SUPPORTED: &str = "ssh:// hosts are not supported yet";
-
-/// Opens a connection to a host (for `local` hosts: [`LocalHost::connect`]). A parameter
-/// so that tests can connect to fakes that are slow or never answer.
+/// Opens a connection to a host ([`LocalHost::connect`] or [`SshHost::connect`]). A
+/// parameter so that tests can connect to fakes that are slow or never answer.
 pub(super) type Connector = Arc<
     dyn Fn(String, HostSpec) -> BoxFuture<'static, crate::host::Result<Arc<dyn Host>>>
         + Send
         + Sync,
 >;
 
-pub(super) fn local_connector() -> Connector {
+/// Connects to a host by its address: the local socket or SSH.
+pub(super) fn default_connector() -> Connector {
     Arc::new(|name, spec| {
         Box::pin(async move {
-            let host: Arc<dyn Host> = Arc::new(LocalHost::connect(&name, &spec).await?);
+            let host: Arc<dyn Host> = match spec.address {
+                Address::Local => Arc::new(LocalHost::connect(&name, &spec).await?),
+                Address::Ssh { .. } => Arc::new(SshHost::connect(&name, &spec).await?),
+            };
             Ok(host)
         })
     })
@@ -85,9 +88,6 @@ pub(super) enum Unavailable {
         error: String,
         retry_in: Duration,
     },
-    NotSupported {
-        host: String,
-    },
 }
 
 impl std::fmt::Display for Unavailable {
@@ -105,7 +105,6 @@ impl std::fmt::Display for Unavailable {
                 "host {host} unreachable: {error}; retrying in {} s",
                 retry_in.as_secs_f64().ceil()
             ),
-            Unavailable::NotSupported { host } => write!(f, "host {host}: {SSH_NOT_SUPPORTED}"),
         }
     }
 }
@@ -217,9 +216,6 @@ impl HostTable {
         let e = &inner.by_name[name];
         let answer = match (&e.conn, e.phase) {
             (Some(c), _) => Ok(c.clone()),
-            (None, HostPhase::NotSupported) => Err(Unavailable::NotSupported {
-                host: name.to_owned(),
-            }),
             (None, _) => match (&e.last_error, e.retry_at) {
                 (Some(error), Some(at)) => Err(Unavailable::Unreachable {
                     host: name.to_owned(),
@@ -253,19 +249,9 @@ impl HostTable {
         }
         inner.next_generation += 1;
         let generation = inner.next_generation;
-        let (phase, last_error, keeper) = match spec.address {
-            Address::Local => {
-                let me = self.clone();
-                let task =
-                    tokio::spawn(me.keep_connected(name.to_owned(), spec.clone(), generation));
-                (HostPhase::Connecting, None, Some(task.abort_handle()))
-            }
-            Address::Ssh { .. } => (
-                HostPhase::NotSupported,
-                Some(SSH_NOT_SUPPORTED.to_owned()),
-                None,
-            ),
-        };
+        let me = self.clone();
+        let keeper = tokio::spawn(me.keep_connected(name.to_owned(), spec.clone(), generation))
+            .abort_handle();
         if inner.by_name.contains_key(name) {
             info!(host = name, "host spec changed: reconnecting");
         }
@@ -276,13 +262,13 @@ impl HostTable {
                 spec: spec.clone(),
                 generation,
                 conn: None,
-                phase,
+                phase: HostPhase::Connecting,
                 docker_version: None,
-                last_error,
+                last_error: None,
                 last_seen: None,
                 rtt: None,
                 retry_at: None,
-                keeper,
+                keeper: Some(keeper),
                 events: None,
             },
         );
@@ -320,7 +306,12 @@ impl HostTable {
                     info!(host = %name, "connected to the Docker engine");
                     let _ = self.wake.send(Wake::HostUp(name.clone()));
                     loop {
-                        tokio::time::sleep(CHECK_EVERY).await;
+                        // A connection known lost (SSH) is reconnected at once, not at
+                        // the next check.
+                        tokio::select! {
+                            () = tokio::time::sleep(CHECK_EVERY) => {}
+                            why = host.lost() => break why,
+                        }
                         match check(host.as_ref()).await {
                             Ok((version, rtt)) => {
                                 let seen = self.update(&name, generation, |e| {
@@ -603,19 +594,54 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_ssh_host_is_reported_not_supported_without_connecting() {
-        let (t, _wake, calls) = table(Duration::from_millis(100));
+    async fn an_ssh_host_connects_like_a_local_one() {
+        let (t, mut wake, calls) = table(Duration::from_millis(100));
         let ssh = spec("ssh://root@127.0.0.2:2222", 2);
-        let err = t.get("vm", &ssh).err().unwrap();
-        assert_eq!(err, Unavailable::NotSupported { host: "vm".into() });
+        assert!(matches!(
+            t.get("vm", &ssh),
+            Err(Unavailable::Connecting { .. })
+        ));
+        assert_eq!(wake.recv().await, Some(Wake::HostUp("vm".into())));
+        assert!(t.get("vm", &ssh).is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_connection_is_reconnected_without_waiting_for_the_next_check() {
+        let (flips, _) = mpsc::unbounded_channel();
+        let (wake, mut wake_rx) = mpsc::unbounded_channel();
+        let made: Arc<Mutex<Vec<Arc<FakeHost>>>> = Arc::default();
+        let seen = made.clone();
+        let connector: Connector = Arc::new(move |name: String, _spec| {
+            let seen = seen.clone();
+            Box::pin(async move {
+                let host = Arc::new(FakeHost::new(&name));
+                seen.lock().unwrap().push(host.clone());
+                let host: Arc<dyn Host> = host;
+                Ok(host)
+            })
+        });
+        let t = HostTable::new(connector, flips, wake);
+        let ssh = spec("ssh://root@127.0.0.2:2222", 2);
+        t.sync([("vm", &ssh)]);
+        assert_eq!(wake_rx.recv().await, Some(Wake::HostUp("vm".into())));
+        let t0 = Instant::now();
+        let first = made.lock().unwrap()[0].clone();
+        first.lose_connection("the SSH connection was lost: reset");
+        tokio::task::yield_now().await;
+        let st = t.statuses().remove(0);
+        assert_eq!(st.state, HostPhase::Unreachable);
         assert_eq!(
-            err.to_string(),
-            "host vm: ssh:// hosts are not supported yet"
+            st.last_error.as_deref(),
+            Some("the SSH connection was lost: reset")
         );
-        let st = &t.statuses()[0];
-        assert_eq!(st.state, HostPhase::NotSupported);
-        assert!(!st.reachable);
-        assert_eq!(st.last_error.as_deref(), Some(SSH_NOT_SUPPORTED));
-        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert!(
+            t.get("vm", &ssh).is_err(),
+            "the lost connection is not handed out"
+        );
+        assert_eq!(wake_rx.recv().await, Some(Wake::HostUp("vm".into())));
+        // The first backoff, well before the 10 s check would have noticed.
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert_eq!(made.lock().unwrap().len(), 2);
     }
 }

@@ -52,8 +52,6 @@ pub enum ReconcileError {
     Exec(#[from] crate::exec::ExecError),
     #[error("environment {env}: {message}")]
     Config { env: String, message: String },
-    #[error("host {host}: SSH hosts are not supported yet")]
-    SshNotSupported { host: String },
     /// The environment's host is not connected (yet); the message says why and when the
     /// next attempt is.
     #[error("{message}")]
@@ -63,7 +61,6 @@ pub enum ReconcileError {
 impl From<hosts::Unavailable> for ReconcileError {
     fn from(u: hosts::Unavailable) -> Self {
         match u {
-            hosts::Unavailable::NotSupported { host } => ReconcileError::SshNotSupported { host },
             hosts::Unavailable::Connecting { ref host }
             | hosts::Unavailable::Unreachable { ref host, .. } => ReconcileError::HostUnavailable {
                 host: host.clone(),
@@ -144,7 +141,7 @@ pub use inspect::LoopMetrics;
 
 impl Controller {
     pub fn new(store: Store, desired: Snapshot, resync: Duration) -> Arc<Controller> {
-        Controller::with_connector(store, desired, resync, hosts::local_connector())
+        Controller::with_connector(store, desired, resync, hosts::default_connector())
     }
 
     fn with_connector(

@@ -68,7 +68,7 @@ pub async fn connect_with_retry(
             }
             Err(e) => {
                 // One line per few attempts: enough to see what is wrong, not a flood.
-                if attempt == 1 || attempt % 5 == 0 {
+                if attempt == 1 || attempt.is_multiple_of(5) {
                     eprintln!("demo-app: database not reachable yet (attempt {attempt}): {e}");
                 }
                 attempt += 1;
