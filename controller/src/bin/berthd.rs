@@ -232,15 +232,16 @@ async fn run(args: Args) -> ExitCode {
         None
     };
 
+    // Listening for SIGTERM before READY=1 is sent: a stop asked for right after the
+    // service manager hears "ready" must find the handler, not the default action.
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot listen for SIGTERM: {e}; not starting");
+            return ExitCode::FAILURE;
+        }
+    };
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    error!("cannot listen for SIGTERM: {e}");
-                    return;
-                }
-            };
         tokio::select! {
             _ = term.recv() => info!("SIGTERM"),
             _ = tokio::signal::ctrl_c() => info!("SIGINT"),
