@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use berth_controller::ctl::apply::{Apply, Delete, Diff};
 use berth_controller::ctl::describe::Describe;
-use berth_controller::ctl::events::{Events, Logs};
 use berth_controller::ctl::docs;
+use berth_controller::ctl::events::{Events, Logs};
 use berth_controller::ctl::get::Get;
 use berth_controller::ctl::output::{emit, now_millis};
 use berth_controller::ctl::rollout::{Approve, Rollout};

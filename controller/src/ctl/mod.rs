@@ -26,8 +26,8 @@
 pub mod apply;
 pub mod client;
 pub mod describe;
-pub mod events;
 pub mod docs;
+pub mod events;
 pub mod get;
 pub mod output;
 pub mod progress;
