@@ -26,11 +26,14 @@ use support::net::free_port;
 const REGISTRY: &str = "127.0.0.1:5000/berth/demo-app";
 
 /// The representative set CI runs: the backup done but not journaled, the migration
-/// running when berthd died, the switch done but not journaled.
-const CI_POINTS: [&str; 3] = [
+/// running when berthd died, the switch done but not journaled, and the operation
+/// finished but the environment's state not yet moved (a second rollout of the same
+/// revision, before the fix in reconcile::act::finish).
+const CI_POINTS: [&str; 4] = [
     "Backup:after-effect",
     "Migrate:pending",
     "SwitchTraffic:after-effect",
+    "Finish:after-flush",
 ];
 
 /// The steps of the rollout under test, for the full matrix.
@@ -52,6 +55,14 @@ const MOMENTS: [&str; 5] = [
     "pending",
     "after-effect",
     "after-succeeded-flush",
+];
+
+/// The operation's own records: begun, finished.
+const OPERATION_POINTS: [&str; 4] = [
+    "Begin:before-flush",
+    "Begin:after-flush",
+    "Finish:before-flush",
+    "Finish:after-flush",
 ];
 
 struct World {
@@ -172,14 +183,26 @@ impl World {
         }
     }
 
-    /// Waits for berthd to die at its crash point; false if it was still running.
-    fn died_within(&mut self, timeout: Duration) -> bool {
+    /// Waits for berthd to die at its crash point; false if it was still running when
+    /// the timeout passed or the rollout finished without passing the point.
+    fn died_within(&mut self, timeout: Duration, rev: u64) -> bool {
         let end = Instant::now() + timeout;
-        let c = self.berthd.as_mut().expect("berthd runs");
         while Instant::now() < end {
+            let c = self.berthd.as_mut().expect("berthd runs");
             if c.try_wait().expect("wait").is_some() {
                 self.berthd = None;
                 return true;
+            }
+            let s = self.status();
+            if s["state"]["current"] == rev && s["state"]["active_op"].is_null() {
+                // Give a point at the very end (after the finish) its moment.
+                std::thread::sleep(Duration::from_millis(500));
+                let c = self.berthd.as_mut().expect("berthd runs");
+                if c.try_wait().expect("wait").is_some() {
+                    self.berthd = None;
+                    return true;
+                }
+                return false;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -272,7 +295,7 @@ fn crash_during_rollout(point: &str, tag: &str, port_base: u16) -> Outcome {
     w.kill9();
     w.write_manifest("v2");
     w.start(Some(point));
-    let died = w.died_within(Duration::from_secs(60));
+    let died = w.died_within(Duration::from_secs(60), 2);
     if !died {
         // Converged without passing the point: only possible for a moment the rollout
         // does not have.
@@ -402,6 +425,7 @@ fn points() -> Vec<String> {
         Some("all") => ROLLOUT_STEPS
             .iter()
             .flat_map(|s| MOMENTS.iter().map(move |m| format!("{s}:{m}")))
+            .chain(OPERATION_POINTS.iter().map(|p| p.to_string()))
             .collect(),
         Some(list) if !list.trim().is_empty() => {
             list.split(',').map(|p| p.trim().to_owned()).collect()

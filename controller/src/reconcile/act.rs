@@ -566,12 +566,6 @@ fn finish(
     now: Millis,
 ) -> Result<Next, ReconcileError> {
     let op = active(view, t.env)?;
-    let entry = Entry::Finished {
-        outcome: outcome.clone(),
-    };
-    crash::operation("Finish:before-flush");
-    ctl.store.append(&op.id, ev(now, entry))?;
-    crash::operation("Finish:after-flush");
     let to_hash = view
         .records
         .iter()
@@ -619,6 +613,16 @@ fn finish(
         s.commit = t.commit.map(str::to_owned);
         s.updated_at = now;
     })?;
+    // The environment's state first, then `Finished`: a crash between the two resumes the
+    // unfinished operation, which finishes again (the state update above is idempotent).
+    // The other order let a crash leave a finished operation with `current` not moved,
+    // and the same revision was rolled out a second time (backup and migration again).
+    let entry = Entry::Finished {
+        outcome: outcome.clone(),
+    };
+    crash::operation("Finish:before-flush");
+    ctl.store.append(&op.id, ev(now, entry))?;
+    crash::operation("Finish:after-flush");
     ctl.event(
         t.env,
         event_kind(&outcome),
