@@ -17,6 +17,7 @@
 //! - [`api`]: berthd's HTTP/JSON API (unix socket, TCP with a token), which berthctl uses.
 
 pub mod api;
+pub mod crash;
 pub mod ctl;
 pub mod exec;
 pub mod host;

@@ -51,6 +51,29 @@ pub enum Step {
 }
 
 impl Step {
+    /// Every step, forward and rollback (the exhaustive match in `name` and the generic
+    /// step tests keep it whole).
+    pub const ALL: [Step; 18] = [
+        Step::AwaitApproval,
+        Step::PullImage,
+        Step::Backup,
+        Step::CreateCandidate,
+        Step::StopOld,
+        Step::Migrate,
+        Step::StartCandidate,
+        Step::WaitReady,
+        Step::SmokeCandidate,
+        Step::SwitchTraffic,
+        Step::Verify,
+        Step::RetireOld,
+        Step::Prune,
+        Step::SwitchBack,
+        Step::StopCandidate,
+        Step::RestoreDatabase,
+        Step::StartOld,
+        Step::WaitOldReady,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Step::AwaitApproval => "AwaitApproval",

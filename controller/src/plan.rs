@@ -791,6 +791,15 @@ fn plan_operation(
     }
 }
 
+/// Whether a forward step that failed for good fails the rollout (and rolls it back).
+/// RetireOld and Prune come after the candidate was verified and serves: a failure to
+/// stop the old revision (drift repair stops it later) or to prune is not worth undoing a
+/// healthy rollout — and a rollback after RetireOld stopped the old replicas would switch
+/// traffic back to stopped ones.
+pub fn fails_the_rollout(step: Step) -> bool {
+    !matches!(step, Step::RetireOld | Step::Prune)
+}
+
 /// The step at the cursor failed for good: roll back, or stop for an operator.
 fn after_failure(
     spec: &EnvironmentSpec,
@@ -801,9 +810,7 @@ fn after_failure(
 ) -> Action {
     let what = format!("{} failed: {error}", step.name());
     match st.phase {
-        // Old revisions are pruned after success; a failed prune is not worth undoing a
-        // healthy rollout.
-        Phase::Forward if step == Step::Prune => Action::Finish(Outcome::Succeeded),
+        Phase::Forward if !fails_the_rollout(step) => Action::Finish(Outcome::Succeeded),
         Phase::Forward if spec.rollback.automatic => Action::BeginRollback {
             reason: what,
             steps: rollback_steps(spec, op, st),

@@ -17,6 +17,8 @@ pub mod steps;
 pub mod traffic;
 
 #[cfg(test)]
+mod generic_tests;
+#[cfg(test)]
 mod test_host;
 
 use crate::host::HostError;

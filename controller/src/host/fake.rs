@@ -310,6 +310,20 @@ impl FakeHost {
     pub fn file_mode(&self, path: &str) -> Option<u32> {
         self.lock().files.get(path).map(|(_, mode)| *mode)
     }
+
+    /// Every file on the host with its contents, by path: for comparing end states.
+    pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
+        let s = self.lock();
+        s.files
+            .iter()
+            .map(|(p, (data, _))| (p.clone(), data.clone()))
+            .collect()
+    }
+
+    /// Every image reference on the host.
+    pub fn images(&self) -> BTreeSet<String> {
+        self.lock().images.keys().cloned().collect()
+    }
 }
 
 impl State {

@@ -790,6 +790,15 @@ fn a_failed_prune_does_not_undo_a_healthy_rollout() {
 }
 
 #[test]
+fn a_failed_retire_does_not_switch_traffic_back_to_the_replicas_it_stopped() {
+    // RetireOld may have stopped old replicas before it failed: a rollback (SwitchBack →
+    // StopCandidate) would send traffic to stopped replicas and stop the healthy ones.
+    let s = spec();
+    let a = during(&s, vec![], failed_at(&s, RetireOld), 5);
+    assert_eq!(a, Action::Finish(Outcome::Succeeded));
+}
+
+#[test]
 fn finished_phases_finish_the_operation() {
     let s = spec();
     let n = steps_for(&s, Some(1)).len();

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use berth_api::environment::EnvironmentSpec;
 use berth_api::HostSpec;
 
+use crate::crash::{self, Moment};
 use crate::exec::steps::{self, Ctx, StepResult};
 use crate::exec::{traffic, ExecError};
 use crate::model::{Revision, Template};
@@ -424,7 +425,9 @@ fn start(
         log: Vec::new(),
         spec,
     };
+    crash::operation("Begin:before-flush");
     ctl.store.begin(&op)?;
+    crash::operation("Begin:after-flush");
     let steps: Vec<&str> = new.steps.iter().map(|s| s.name()).collect();
     let started = match new.kind {
         OpKind::Rollout => "RolloutStarted",
@@ -461,11 +464,14 @@ async fn run(
     if !already {
         // Durable before the effect: a crash from here on re-runs the step, which
         // observes before it acts.
+        crash::step(step, Moment::BeforeStartedFlush);
         ctl.store
             .append(&op.id, ev(cx.now, Entry::Started { phase, index }))?;
     }
+    crash::step(step, Moment::BeforeEffect);
     match steps::run_step(cx, step).await {
         Ok(StepResult::Done(output)) => {
+            crash::step(step, Moment::AfterEffect);
             announce(ctl, cx.redactor, env, &op.id, &output);
             let pulled = match &output {
                 StepOutput::Image { id, repo_digest } => Some((id.clone(), repo_digest.clone())),
@@ -483,9 +489,11 @@ async fn run(
                 ctl.store
                     .record_pulled_image(env, op.to, &id, digest.as_deref())?;
             }
+            crash::step(step, Moment::AfterSucceededFlush);
             Ok(None)
         }
         Ok(StepResult::Pending { recheck, message }) => {
+            crash::step(step, Moment::Pending);
             if view.state.message != message {
                 ctl.store
                     .update_env_state(env, |s| s.message = message.clone())?;
@@ -558,10 +566,6 @@ fn finish(
     now: Millis,
 ) -> Result<Next, ReconcileError> {
     let op = active(view, t.env)?;
-    let entry = Entry::Finished {
-        outcome: outcome.clone(),
-    };
-    ctl.store.append(&op.id, ev(now, entry))?;
     let to_hash = view
         .records
         .iter()
@@ -609,6 +613,16 @@ fn finish(
         s.commit = t.commit.map(str::to_owned);
         s.updated_at = now;
     })?;
+    // The environment's state first, then `Finished`: a crash between the two resumes the
+    // unfinished operation, which finishes again (the state update above is idempotent).
+    // The other order let a crash leave a finished operation with `current` not moved,
+    // and the same revision was rolled out a second time (backup and migration again).
+    let entry = Entry::Finished {
+        outcome: outcome.clone(),
+    };
+    crash::operation("Finish:before-flush");
+    ctl.store.append(&op.id, ev(now, entry))?;
+    crash::operation("Finish:after-flush");
     ctl.event(
         t.env,
         event_kind(&outcome),
