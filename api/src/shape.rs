@@ -166,7 +166,7 @@ fn one_of(names: &[&str]) -> String {
     }
 }
 
-pub(crate) fn did_you_mean(word: &str, names: &[&str]) -> String {
+pub fn did_you_mean(word: &str, names: &[&str]) -> String {
     names
         .iter()
         .map(|n| {

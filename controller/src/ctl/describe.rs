@@ -1,15 +1,16 @@
 //! `berthctl describe environment NAME`: everything berthd's status file says about one
 //! environment, in sections for humans (state, operation and its steps, revisions,
-//! backups, events).
+//! backups, events). `describe host` is in [`super::describe_host`].
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
 use clap::Subcommand;
 
 use super::output::{self, or_none, render, short, utc, when, Output, Table, NONE};
 use super::state::{phase, split_steps, StateArgs};
-use super::view;
 use super::CtlError;
+use super::{describe_host, view};
 use crate::op::{Millis, Outcome};
 use crate::reconcile::status::{EnvStatus, OpStatus, StepLine};
 
@@ -27,11 +28,28 @@ pub enum Describe {
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
         output: Output,
     },
+    /// One host of the manifests: its address, socket, key files, ports and parallelism
+    /// (never secrets), where berthd stands with it (reachable, last seen, Docker version,
+    /// round trip, the last error in full) and each environment on it.
+    #[command(visible_alias = "hosts")]
+    Host {
+        /// The host's name (its `metadata.name`).
+        name: String,
+        /// A manifest file, or a directory read recursively (*.yaml, *.yml, *.json).
+        #[arg(short = 'f', long = "filename", value_name = "PATH")]
+        file: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
+        /// How to print it: sections for humans, or the record as JSON or YAML.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 impl Describe {
     /// # Errors
-    /// See [`StateArgs::select`] (an unknown name lists the known ones).
+    /// See [`StateArgs::select`] (an unknown name lists the known ones) and
+    /// [`describe_host::host_view`].
     pub fn run(self, now: Millis) -> Result<String, CtlError> {
         match self {
             Describe::Environment {
@@ -46,30 +64,39 @@ impl Describe {
                 };
                 render(output, &view::environment(s), || environment(s, now))
             }
+            Describe::Host {
+                name,
+                file,
+                state,
+                output,
+            } => {
+                let v = describe_host::host_view(&name, &file, &state)?;
+                render(output, &v, || describe_host::host(&v, now))
+            }
         }
     }
 }
 
 /// A `Key:  value` block, values aligned after the longest key.
-struct Fields {
+pub(super) struct Fields {
     indent: &'static str,
     rows: Vec<(&'static str, String)>,
 }
 
 impl Fields {
-    fn new(indent: &'static str) -> Fields {
+    pub(super) fn new(indent: &'static str) -> Fields {
         Fields {
             indent,
             rows: Vec::new(),
         }
     }
 
-    fn add(&mut self, key: &'static str, value: impl Into<String>) -> &mut Self {
+    pub(super) fn add(&mut self, key: &'static str, value: impl Into<String>) -> &mut Self {
         self.rows.push((key, value.into()));
         self
     }
 
-    fn render(&self, out: &mut String) {
+    pub(super) fn render(&self, out: &mut String) {
         let width = self
             .rows
             .iter()

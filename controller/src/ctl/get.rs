@@ -129,16 +129,7 @@ impl Get {
                 state,
                 output,
             } => {
-                if !file.exists() {
-                    return Err(CtlError::NoSuchPath(file));
-                }
-                let loaded = berth_api::load_path(&file);
-                let errors = loaded.errors().count();
-                if errors > 0 {
-                    eprint!("{}", loaded.sources.render(&loaded.diagnostics, false));
-                    return Err(CtlError::InvalidManifests { path: file, errors });
-                }
-                let m = &loaded.manifests;
+                let m = &load_manifests(&file)?;
                 let statuses = state.host_statuses()?;
                 match statuses {
                     None => {
@@ -153,6 +144,26 @@ impl Get {
             }
         }
     }
+}
+
+/// The manifests at `file`; their errors are printed (with their source lines) first.
+///
+/// # Errors
+/// [`CtlError::NoSuchPath`]; [`CtlError::InvalidManifests`].
+pub(super) fn load_manifests(file: &std::path::Path) -> Result<berth_api::Manifests, CtlError> {
+    if !file.exists() {
+        return Err(CtlError::NoSuchPath(file.to_owned()));
+    }
+    let loaded = berth_api::load_path(file);
+    let errors = loaded.errors().count();
+    if errors > 0 {
+        eprint!("{}", loaded.sources.render(&loaded.diagnostics, false));
+        return Err(CtlError::InvalidManifests {
+            path: file.to_owned(),
+            errors,
+        });
+    }
+    Ok(loaded.manifests)
 }
 
 fn no_rows(message: &str) {

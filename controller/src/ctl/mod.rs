@@ -26,6 +26,7 @@
 pub mod apply;
 pub mod client;
 pub mod describe;
+pub mod describe_host;
 pub mod docs;
 pub mod events;
 pub mod get;
@@ -62,6 +63,18 @@ pub enum CtlError {
         name: String,
         status_dir: PathBuf,
         known: Vec<String>,
+    },
+    #[error(
+        "host {name:?} is not declared in {}; known hosts: {}{hint}",
+        .file.display(),
+        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+    )]
+    UnknownHost {
+        name: String,
+        file: PathBuf,
+        known: Vec<String>,
+        /// `; did you mean `vm-a`?` when a known name is close.
+        hint: String,
     },
     #[error("cannot read the status files in {}: {source}", .status_dir.display())]
     ReadStatus {
