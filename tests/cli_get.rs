@@ -803,3 +803,186 @@ fn an_output_format_that_does_not_exist_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("possible values: table, json, yaml"));
 }
+
+/// Manifests placing `api` and `db` (which have status files in [`state_dir`]) on vm-a,
+/// and `shop` (which has none) beside them.
+const HOSTS_AND_ENVS: &str = "\
+apiVersion: berth.dev/v1
+kind: Host
+metadata: {name: vm-a}
+spec:
+  address: ssh://root@127.0.0.2:2222
+  identityFile: /etc/berth/id_ed25519
+  knownHostsFile: /etc/berth/known_hosts
+  registryAuth: /etc/berth/registry.json
+  portRange: 25000-26999
+---
+apiVersion: berth.dev/v1
+kind: Host
+metadata: {name: local}
+spec: {address: local}
+---
+apiVersion: berth.dev/v1
+kind: Environment
+metadata: {name: api}
+spec: {host: vm-a, image: 'app:v1'}
+---
+apiVersion: berth.dev/v1
+kind: Environment
+metadata: {name: db}
+spec: {host: vm-a, image: 'app:v1'}
+---
+apiVersion: berth.dev/v1
+kind: Environment
+metadata: {name: shop}
+spec: {host: vm-a, image: 'app:v1'}
+---
+apiVersion: berth.dev/v1
+kind: Environment
+metadata: {name: web}
+spec: {host: local, image: 'app:v1'}
+";
+
+#[test]
+fn describe_host_shows_its_spec_its_connection_with_the_whole_last_error_and_its_environments() {
+    use berth_controller::reconcile::host_status::{self, HostPhase, HostStatus};
+    let dir = state_dir();
+    let file = dir.path().join("hosts.yaml");
+    std::fs::write(&file, HOSTS_AND_ENVS).unwrap();
+    let refusal = "host key not trusted: [127.0.0.2]:2222 offered ssh-ed25519 \
+                   SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU by vm-a, which \
+                   /etc/berth/known_hosts does not list; nothing was sent to it; after \
+                   checking the fingerprint with the host's owner, run \
+                   `berthctl hosts trust vm-a -f <manifests>`";
+    host_status::write(
+        dir.path(),
+        &[HostStatus {
+            name: "vm-a".into(),
+            address: "ssh://root@127.0.0.2:2222".into(),
+            state: HostPhase::Unreachable,
+            reachable: false,
+            docker_version: Some("24.0.7".into()),
+            last_error: Some(refusal.into()),
+            last_seen: Some("2023-11-14T22:13:20Z".into()),
+            rtt_ms: Some(3.5),
+        }],
+    )
+    .unwrap();
+    let args = |o: &str| {
+        berthctl(&[
+            "describe",
+            "host",
+            "vm-a",
+            "-o",
+            o,
+            "-f",
+            &file.display().to_string(),
+            "--state",
+            &state_arg(dir.path()),
+        ])
+    };
+
+    let out = ok(&args("table"));
+    for line in [
+        "Name:           vm-a",
+        "Address:        ssh://root@127.0.0.2:2222",
+        "Docker socket:  /var/run/docker.sock",
+        "Identity file:  /etc/berth/id_ed25519",
+        "Known hosts:    /etc/berth/known_hosts",
+        "Port range:     25000-26999",
+        "Max parallel:   2",
+        "Registry auth:  configured",
+        "  State:       Unreachable (retrying with backoff)",
+        "  Docker:      24.0.7",
+        "  Round trip:  3.5ms",
+        "  Last error:",
+        &format!("    {refusal}"),
+    ] {
+        assert!(
+            out.lines().any(|l| l == line),
+            "no line {line:?} in:\n{out}"
+        );
+    }
+    assert!(
+        out.contains("  Last seen:   2023-11-14T22:13:20Z ("),
+        "{out}"
+    );
+    assert!(!out.contains("registry.json"), "{out}");
+    assert_eq!(
+        row(&out, &["api"]),
+        ["api", "1", "Idle", "revision", "1", "is", "serving"]
+    );
+    assert_eq!(row(&out, &["db"])[..3], ["db", "<none>", "Failed"]);
+    assert_eq!(row(&out, &["shop"]), ["shop", "<none>", "<no", "status>"]);
+    assert!(
+        !out.lines().any(|l| l.trim_start().starts_with("web ")),
+        "{out}"
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&ok(&args("json"))).unwrap();
+    assert_eq!(json["name"], "vm-a");
+    assert_eq!(json["spec"]["knownHostsFile"], "/etc/berth/known_hosts");
+    assert_eq!(json["spec"]["registryAuth"], true);
+    assert_eq!(json["status"]["state"], "Unreachable");
+    assert_eq!(json["status"]["last_error"], refusal);
+    let envs = json["environments"].as_array().unwrap();
+    let names: Vec<_> = envs.iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["api", "db", "shop"]);
+    assert_eq!(envs[0]["revision"], 1);
+    assert_eq!(envs[0]["phase"], "Idle");
+    assert!(envs[1]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no such image"));
+    assert_eq!(envs[2]["phase"], serde_json::Value::Null);
+}
+
+#[test]
+fn describe_host_of_a_host_berthd_has_not_seen_says_so_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hosts.yaml");
+    std::fs::write(&file, HOSTS_AND_ENVS).unwrap();
+    let out = ok(&berthctl(&[
+        "describe",
+        "host",
+        "local",
+        "-f",
+        &file.display().to_string(),
+        "--state",
+        &state_arg(&dir.path().join("never-ran")),
+    ]));
+    assert!(
+        out.contains("Connection:  <unknown> (berthd has not reported"),
+        "{out}"
+    );
+    assert!(out.contains("Known hosts:    <none>"), "{out}");
+    assert_eq!(row(&out, &["web"]), ["web", "<none>", "<no", "status>"]);
+}
+
+#[test]
+fn describe_host_of_an_unknown_name_exits_1_listing_the_known_hosts_and_the_closest() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hosts.yaml");
+    std::fs::write(&file, HOSTS_AND_ENVS).unwrap();
+    let out = berthctl(&[
+        "describe",
+        "host",
+        "vm-b",
+        "-f",
+        &file.display().to_string(),
+        "--state",
+        &state_arg(dir.path()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("error: host \"vm-b\" is not declared in "),
+        "{err}"
+    );
+    assert!(
+        err.trim_end()
+            .ends_with("known hosts: local, vm-a; did you mean `vm-a`?"),
+        "{err}"
+    );
+}
