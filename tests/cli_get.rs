@@ -731,6 +731,7 @@ spec: {address: local}
                 last_error: None,
                 last_seen: Some(seen.clone()),
                 rtt_ms: Some(1.25),
+                since: None,
             },
             HostStatus {
                 name: "vm-a".into(),
@@ -743,6 +744,7 @@ spec: {address: local}
                 ),
                 last_seen: None,
                 rtt_ms: None,
+                since: None,
             },
         ],
     )
@@ -865,6 +867,7 @@ fn describe_host_shows_its_spec_its_connection_with_the_whole_last_error_and_its
             last_error: Some(refusal.into()),
             last_seen: Some("2023-11-14T22:13:20Z".into()),
             rtt_ms: Some(3.5),
+            since: Some("2023-11-14T22:10:00Z".into()),
         }],
     )
     .unwrap();
@@ -903,6 +906,10 @@ fn describe_host_shows_its_spec_its_connection_with_the_whole_last_error_and_its
             "no line {line:?} in:\n{out}"
         );
     }
+    assert!(
+        out.contains("  Since:       2023-11-14T22:10:00Z ("),
+        "{out}"
+    );
     assert!(
         out.contains("  Last seen:   2023-11-14T22:13:20Z ("),
         "{out}"

@@ -173,6 +173,10 @@ fn connection(st: &HostStatus, now: Millis, out: &mut String) {
         .map_or_else(|| "never".to_owned(), |at| seen(at, now));
     Fields::new("  ")
         .add("State", state)
+        .add(
+            "Since",
+            or_none(st.since.as_deref().map(|at| seen(at, now))),
+        )
         .add("Last seen", last_seen)
         .add("Docker", or_none(st.docker_version.as_deref()))
         .add(

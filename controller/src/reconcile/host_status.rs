@@ -38,6 +38,10 @@ pub struct HostStatus {
     pub last_seen: Option<String>,
     /// Round-trip time of the last check, in milliseconds.
     pub rtt_ms: Option<f64>,
+    /// Since when the host has been in `state` (RFC 3339, UTC); absent in files written
+    /// by an older berthd.
+    #[serde(default)]
+    pub since: Option<String>,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -82,6 +86,7 @@ mod tests {
             last_error: None,
             last_seen: Some("2024-05-01T10:00:00Z".into()),
             rtt_ms: Some(1.5),
+            since: Some("2024-05-01T09:00:00Z".into()),
         }];
         write(dir.path(), &hosts).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(hosts));

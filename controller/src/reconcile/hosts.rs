@@ -118,6 +118,8 @@ struct Entry {
     last_error: Option<String>,
     last_seen: Option<Millis>,
     rtt: Option<Duration>,
+    /// When `phase` last changed.
+    since: Millis,
     retry_at: Option<Instant>,
     /// The task that connects and checks the host.
     keeper: Option<AbortHandle>,
@@ -148,6 +150,15 @@ impl Entry {
             last_error: self.last_error.clone(),
             last_seen: self.last_seen.map(crate::ctl::output::utc),
             rtt_ms: self.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            since: Some(crate::ctl::output::utc(self.since)),
+        }
+    }
+
+    /// Moves to `phase`, noting when if it is a change.
+    fn set_phase(&mut self, phase: HostPhase) {
+        if self.phase != phase {
+            self.phase = phase;
+            self.since = now_millis();
         }
     }
 }
@@ -267,6 +278,7 @@ impl HostTable {
                 last_error: None,
                 last_seen: None,
                 rtt: None,
+                since: now_millis(),
                 retry_at: None,
                 keeper: Some(keeper),
                 events: None,
@@ -338,7 +350,7 @@ impl HostTable {
                 if let Some(events) = e.events.take() {
                     events.abort();
                 }
-                e.phase = HostPhase::Unreachable;
+                e.set_phase(HostPhase::Unreachable);
                 e.last_error = Some(failure);
                 e.retry_at = Some(Instant::now() + delay);
             });
@@ -397,7 +409,7 @@ impl HostTable {
         let current = self.update(name, generation, move |e| {
             e.conn = Some(conn);
             e.events = Some(events);
-            e.phase = HostPhase::Reachable;
+            e.set_phase(HostPhase::Reachable);
             e.docker_version = Some(version);
             e.last_error = None;
             e.last_seen = Some(now_millis());
