@@ -178,7 +178,14 @@ fn connection(st: &HostStatus, now: Millis, out: &mut String) {
             or_none(st.since.as_deref().map(|at| seen(at, now))),
         )
         .add("Last seen", last_seen)
-        .add("Docker", or_none(st.docker_version.as_deref()))
+        .add(
+            "Docker",
+            match (&st.docker_version, &st.api_version) {
+                (None, _) => NONE.to_owned(),
+                (Some(v), None) => v.clone(),
+                (Some(v), Some(api)) => format!("{v} (API {api})"),
+            },
+        )
         .add(
             "Round trip",
             or_none(st.rtt_ms.map(|ms| format!("{ms:.1}ms"))),

@@ -83,6 +83,11 @@ impl Engine {
         })
     }
 
+    /// The Docker API version negotiated with the engine (no round trip).
+    pub fn api_version(&self) -> String {
+        self.docker.client_version().to_string()
+    }
+
     /// The server's version; a round trip, so also a liveness check.
     pub async fn version(&self) -> Result<String> {
         let v = self

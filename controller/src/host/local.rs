@@ -275,6 +275,10 @@ impl Host for LocalHost {
     async fn engine_version(&self) -> Result<String> {
         self.engine.version().await
     }
+
+    fn engine_api_version(&self) -> Option<String> {
+        Some(self.engine.api_version())
+    }
 }
 
 fn exit_code(status: &std::process::ExitStatus) -> i64 {

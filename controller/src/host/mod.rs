@@ -211,6 +211,12 @@ pub trait Host: Send + Sync + 'static {
     /// to the engine: the controller also uses it to check the host is still reachable.
     async fn engine_version(&self) -> Result<String>;
 
+    /// The Docker API version negotiated when connecting, for the host's status; `None`
+    /// for a host that does not speak to a real engine.
+    fn engine_api_version(&self) -> Option<String> {
+        None
+    }
+
     /// Resolves, with why, once the connection to the host is known to be gone (an SSH
     /// host's connection closing), so the controller reconnects without waiting for its
     /// next check. A host that cannot tell never resolves.

@@ -33,6 +33,10 @@ pub struct HostStatus {
     /// `state == Reachable`, for readers that only ask that.
     pub reachable: bool,
     pub docker_version: Option<String>,
+    /// The Docker API version negotiated with the engine; absent in files written by an
+    /// older berthd.
+    #[serde(default)]
+    pub api_version: Option<String>,
     pub last_error: Option<String>,
     /// When the engine last answered (RFC 3339, UTC).
     pub last_seen: Option<String>,
@@ -83,6 +87,7 @@ mod tests {
             state: HostPhase::Reachable,
             reachable: true,
             docker_version: Some("24.0.7".into()),
+            api_version: Some("1.43".into()),
             last_error: None,
             last_seen: Some("2024-05-01T10:00:00Z".into()),
             rtt_ms: Some(1.5),

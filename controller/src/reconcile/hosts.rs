@@ -115,6 +115,7 @@ struct Entry {
     conn: Option<Connected>,
     phase: HostPhase,
     docker_version: Option<String>,
+    api_version: Option<String>,
     last_error: Option<String>,
     last_seen: Option<Millis>,
     rtt: Option<Duration>,
@@ -147,6 +148,7 @@ impl Entry {
             state: self.phase,
             reachable: self.phase == HostPhase::Reachable,
             docker_version: self.docker_version.clone(),
+            api_version: self.api_version.clone(),
             last_error: self.last_error.clone(),
             last_seen: self.last_seen.map(crate::ctl::output::utc),
             rtt_ms: self.rtt.map(|d| d.as_secs_f64() * 1000.0),
@@ -275,6 +277,7 @@ impl HostTable {
                 conn: None,
                 phase: HostPhase::Connecting,
                 docker_version: None,
+                api_version: None,
                 last_error: None,
                 last_seen: None,
                 rtt: None,
@@ -394,6 +397,7 @@ impl HostTable {
         version: String,
         rtt: Duration,
     ) -> bool {
+        let api_version = host.engine_api_version();
         let conn = Connected {
             host: host.clone(),
             monitor: Arc::new(Monitor::with_notify(host.clone(), self.flips.clone())),
@@ -411,6 +415,7 @@ impl HostTable {
             e.events = Some(events);
             e.set_phase(HostPhase::Reachable);
             e.docker_version = Some(version);
+            e.api_version = api_version;
             e.last_error = None;
             e.last_seen = Some(now_millis());
             e.rtt = Some(rtt);

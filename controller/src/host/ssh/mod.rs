@@ -299,6 +299,10 @@ impl Host for SshHost {
         self.engine.version().await
     }
 
+    fn engine_api_version(&self) -> Option<String> {
+        Some(self.engine.api_version())
+    }
+
     async fn lost(&self) -> String {
         tokio::select! {
             why = self.session.lost() => why,
