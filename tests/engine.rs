@@ -308,9 +308,12 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         self.kill9();
+        // After berthd is dead (it would recreate what goes first): the containers of
+        // this environment and of every one a test adds beside it (`<env>-…`).
         let _ = sh(&format!(
-            "docker ps -aq --filter label=berth.env={} | xargs -r docker rm -f",
-            self.env
+            "docker ps -a --filter label=berth.env --format '{{{{.ID}}}} {{{{.Label \"berth.env\"}}}}' \
+             | awk -v e={env} '$2 == e || index($2, e \"-\") == 1 {{print $1}}' | xargs -r docker rm -f",
+            env = self.env
         ));
         let _ = sh(&format!(
             "nginx -c {}/nginx/nginx.conf -s stop",
@@ -993,25 +996,13 @@ fn a_rollout_with_a_switch_that_cannot_work_is_refused_before_any_side_effect() 
     );
 }
 
-/// Removes an environment's containers when dropped (one the test adds beside World's).
-struct EnvContainers(String);
-
-impl Drop for EnvContainers {
-    fn drop(&mut self) {
-        let _ = sh(&format!(
-            "docker ps -aq --filter label=berth.env={} | xargs -r docker rm -f",
-            self.0
-        ));
-    }
-}
-
 #[test]
 #[ignore = "needs the lab: hack/lab up"]
 fn an_environment_waits_for_the_one_it_depends_on_without_failing() {
     let _g = serial();
     let mut w = World::new("dp", 32300);
+    // Named `<env>-…`: World removes its containers too, once berthd is dead.
     let dep = format!("{}-dep", w.env);
-    let _dep_cleanup = EnvContainers(dep.clone());
     let dir = w.dir.path().display().to_string();
     let dep_doc = |tag: &str| {
         format!(
